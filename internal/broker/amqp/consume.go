@@ -1,0 +1,486 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"denis.io/fleet/internal/broker"
+)
+
+// handle is the Delivery.Handle of this transport: the consuming channel generation the
+// delivery came on and its delivery tag there.
+type handle struct {
+	cc  *consumeChan
+	tag uint64
+}
+
+// consumer is one Consume call: it survives connection and channel losses, each of which
+// starts a new consumeChan generation.
+type consumer struct {
+	b      *Broker
+	ctx    context.Context
+	cancel func()
+	queues []string
+	out    chan *broker.Delivery
+
+	mu       sync.Mutex // guards prefetch and cur; taken before any consumeChan.mu
+	prefetch int
+	cur      *consumeChan
+}
+
+// consumeChan is one generation of the consuming channel.
+type consumeChan struct {
+	gen     uint64
+	ch      *amqp091.Channel
+	tags    []string // consumer tags, parallel to consumer.queues
+	dels    []<-chan amqp091.Delivery
+	closes  <-chan *amqp091.Error
+	cancels <-chan string
+	lost    chan struct{} // closed once the channel is unusable
+
+	mu        sync.Mutex // serializes every operation on ch
+	gone      bool
+	stopped   bool                // consuming ended: close ch once unsettled is empty
+	unsettled map[uint64]struct{} // handed to the caller, not yet settled
+}
+
+// Consume declares each queue as Celery does (direct exchange and durable queue of the same
+// name, bound by the name), sets basic.qos(0, prefetch, global) and consumes with manual
+// acks. The returned channel stays the same across reconnects; it is closed after ctx ends
+// and consuming has stopped. Only one Consume may be active at a time.
+func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-chan *broker.Delivery, error) {
+	if len(queues) == 0 {
+		return nil, errors.New("amqp: consume: no queues")
+	}
+	if prefetch < 0 {
+		return nil, fmt.Errorf("amqp: consume: negative prefetch %d", prefetch)
+	}
+	var qs []string
+	for _, q := range queues {
+		if !slices.Contains(qs, q) {
+			qs = append(qs, q)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(b.ctx, cancel)
+	c := &consumer{
+		b:        b,
+		ctx:      cctx,
+		cancel:   func() { stop(); cancel() },
+		queues:   qs,
+		out:      make(chan *broker.Delivery),
+		prefetch: min(prefetch, maxPrefetch),
+	}
+
+	b.mu.Lock()
+	switch {
+	case b.ctx.Err() != nil:
+		b.mu.Unlock()
+		c.cancel()
+		return nil, broker.ErrClosed
+	case b.consumer != nil:
+		b.mu.Unlock()
+		c.cancel()
+		return nil, errors.New("amqp: consume: another Consume is active on this broker")
+	}
+	b.consumer = c
+	b.consumers.Add(1)
+	b.mu.Unlock()
+
+	// The first setup runs here so that a bad declaration (406) is reported to the caller.
+	s, err := b.cons.wait(cctx)
+	var cc *consumeChan
+	if err == nil {
+		cc, err = c.setup(s)
+	}
+	if err != nil && (s == nil || !s.conn.IsClosed()) {
+		c.finish()
+		if errors.Is(err, broker.ErrClosed) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("amqp: consume %v: %w", qs, err)
+	}
+	// else the connection dropped during setup: run reconnects.
+	b.log.Info("amqp: consuming", "queues", qs, "prefetch", c.prefetch, "chan_gen", genOf(cc))
+	go c.run(cc)
+	return c.out, nil
+}
+
+func genOf(cc *consumeChan) uint64 {
+	if cc == nil {
+		return 0
+	}
+	return cc.gen
+}
+
+// finish releases the consumer's slot on the broker.
+func (c *consumer) finish() {
+	c.cancel()
+	c.b.mu.Lock()
+	if c.b.consumer == c {
+		c.b.consumer = nil
+	}
+	c.b.mu.Unlock()
+	c.b.consumers.Done()
+}
+
+// run serves channel generations until ctx ends, re-establishing consumption after
+// every loss.
+func (c *consumer) run(cc *consumeChan) {
+	defer c.finish()
+	defer close(c.out)
+	failures := 0
+	for {
+		if cc != nil {
+			err := c.serve(cc)
+			if c.ctx.Err() != nil {
+				return
+			}
+			c.b.log.Warn("amqp: consuming channel lost, consuming again", "queues", c.queues, "chan_gen", cc.gen, "err", err)
+			cc = nil
+		}
+		s, err := c.b.cons.wait(c.ctx)
+		if err != nil {
+			return
+		}
+		cc, err = c.setup(s)
+		if err != nil {
+			cc = nil
+			if c.ctx.Err() != nil {
+				return
+			}
+			if s.conn.IsClosed() {
+				continue // wait waits for the supervisor's next connection
+			}
+			failures++
+			delay := c.b.backoff(failures)
+			c.b.log.Error("amqp: consume setup failed", "queues", c.queues, "err", err, "retry_in", delay)
+			if !sleep(c.ctx, delay) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		c.b.log.Info("amqp: consuming again", "queues", c.queues, "chan_gen", cc.gen, "conn_gen", s.gen)
+	}
+}
+
+// setup opens a channel on s, declares the queues, applies QoS and starts one consumer
+// per queue.
+func (c *consumer) setup(s *session) (*consumeChan, error) {
+	ch, err := s.conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	fail := func(err error) (*consumeChan, error) {
+		if !ch.IsClosed() {
+			_ = ch.Close()
+		}
+		return nil, err
+	}
+	cc := &consumeChan{
+		gen:       c.b.chanGen.Add(1),
+		ch:        ch,
+		closes:    ch.NotifyClose(make(chan *amqp091.Error, 1)),
+		cancels:   ch.NotifyCancel(make(chan string, len(c.queues))),
+		lost:      make(chan struct{}),
+		unsettled: make(map[uint64]struct{}),
+	}
+	for _, q := range c.queues {
+		if err := c.b.declareTaskQueue(ch, q); err != nil {
+			return fail(err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// global=true as Celery sends it; RabbitMQ applies it per channel.
+	if err := ch.Qos(c.prefetch, 0, true); err != nil {
+		return fail(fmt.Errorf("basic.qos(prefetch %d): %w", c.prefetch, err))
+	}
+	for i, q := range c.queues {
+		tag := fmt.Sprintf("fleet-%d-%d", cc.gen, i)
+		dels, err := ch.Consume(q, tag, false, false, false, false, nil)
+		if err != nil {
+			return fail(fmt.Errorf("basic.consume %q: %w", q, err))
+		}
+		cc.tags = append(cc.tags, tag)
+		cc.dels = append(cc.dels, dels)
+	}
+	c.cur = cc
+	return cc, nil
+}
+
+// declareTaskQueue declares q exactly as Celery does (§3.1): exchange q (direct, durable),
+// queue q (durable, Options.QueueArguments[q]), bound with routing key q.
+func (b *Broker) declareTaskQueue(ch *amqp091.Channel, q string) error {
+	if err := ch.ExchangeDeclare(q, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %q: %w", q, err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, b.queueArgs[q]); err != nil {
+		return fmt.Errorf("declare queue %q: %w", q, err)
+	}
+	if err := ch.QueueBind(q, q, q, false, nil); err != nil {
+		return fmt.Errorf("bind queue %q: %w", q, err)
+	}
+	return nil
+}
+
+// serve forwards deliveries of one channel generation until the channel is lost or ctx
+// ends. On ctx end it cancels the consumers and requeues what it still holds.
+func (c *consumer) serve(cc *consumeChan) error {
+	var wg sync.WaitGroup
+	for i, q := range c.queues {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.pump(cc, q, cc.dels[i])
+		}()
+	}
+	pumped := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(pumped)
+	}()
+
+	select {
+	case <-c.ctx.Done():
+		cc.cancelConsumers()
+		<-pumped
+		cc.stop()
+		c.b.log.Info("amqp: stopped consuming", "queues", c.queues, "chan_gen", cc.gen)
+		return nil
+	case err := <-cc.closes:
+		cc.markGone()
+		<-pumped
+		return fmt.Errorf("channel closed: %s", errString(err))
+	case tag := <-cc.cancels:
+		cc.markGone()
+		_ = cc.ch.Close()
+		<-pumped
+		return fmt.Errorf("consumer %s cancelled by the broker (queue deleted?)", tag)
+	case <-pumped:
+		cc.markGone()
+		_ = cc.ch.Close()
+		return errors.New("delivery streams ended")
+	}
+}
+
+// pump hands one queue's deliveries to the caller. Deliveries it cannot hand over because
+// ctx ended are requeued; those of a lost channel are already back in the queue.
+func (c *consumer) pump(cc *consumeChan, queue string, in <-chan amqp091.Delivery) {
+	for d := range in {
+		if c.ctx.Err() != nil {
+			cc.requeueHeld(d.DeliveryTag)
+			continue
+		}
+		if !cc.track(d.DeliveryTag) {
+			continue
+		}
+		del := &broker.Delivery{
+			Queue:       queue,
+			Exchange:    d.Exchange,
+			RoutingKey:  d.RoutingKey,
+			Redelivered: d.Redelivered,
+			Message:     fromDelivery(&d),
+			Handle:      handle{cc: cc, tag: d.DeliveryTag},
+		}
+		select {
+		case c.out <- del:
+		case <-c.ctx.Done():
+			cc.untrack(d.DeliveryTag)
+			cc.requeueHeld(d.DeliveryTag)
+		case <-cc.lost:
+		}
+	}
+}
+
+func (cc *consumeChan) track(tag uint64) bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.gone {
+		return false
+	}
+	cc.unsettled[tag] = struct{}{}
+	return true
+}
+
+func (cc *consumeChan) untrack(tag uint64) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	delete(cc.unsettled, tag)
+}
+
+// requeueHeld nacks (requeue) a delivery that never reached the caller.
+func (cc *consumeChan) requeueHeld(tag uint64) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if !cc.gone {
+		_ = cc.ch.Nack(tag, false, true) // on failure the channel is dying: RabbitMQ requeues
+	}
+}
+
+func (cc *consumeChan) cancelConsumers() {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.gone {
+		return
+	}
+	for _, tag := range cc.tags {
+		if err := cc.ch.Cancel(tag, false); err != nil {
+			// Without the cancel the delivery streams would not end: drop the channel,
+			// which requeues everything it holds.
+			cc.gone = true
+			close(cc.lost)
+			_ = cc.ch.Close()
+			return
+		}
+	}
+}
+
+func (cc *consumeChan) markGone() {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if !cc.gone {
+		cc.gone = true
+		close(cc.lost)
+	}
+}
+
+func (cc *consumeChan) isGone() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.gone
+}
+
+// stop marks consuming as ended and closes the channel once nothing is unsettled.
+func (cc *consumeChan) stop() {
+	cc.mu.Lock()
+	cc.stopped = true
+	closeNow := !cc.gone && len(cc.unsettled) == 0
+	if closeNow {
+		cc.gone = true
+		close(cc.lost)
+	}
+	cc.mu.Unlock()
+	if closeNow {
+		_ = cc.ch.Close()
+	}
+}
+
+// settle runs op on the delivery's channel if that channel is still the one it came on.
+func (cc *consumeChan) settle(tag uint64, op func(*amqp091.Channel, uint64) error) error {
+	cc.mu.Lock()
+	if cc.gone {
+		cc.mu.Unlock()
+		return broker.ErrStaleDelivery
+	}
+	if _, ok := cc.unsettled[tag]; !ok {
+		cc.mu.Unlock()
+		return errors.New("delivery already settled")
+	}
+	if err := op(cc.ch, tag); err != nil {
+		// Ack and Nack only write a frame: an error means the channel or the socket is
+		// gone (possibly before the library has noticed), so RabbitMQ will redeliver.
+		cc.mu.Unlock()
+		return fmt.Errorf("%w: %w", broker.ErrStaleDelivery, err)
+	}
+	delete(cc.unsettled, tag)
+	closeNow := cc.stopped && len(cc.unsettled) == 0
+	if closeNow {
+		cc.gone = true
+		close(cc.lost)
+	}
+	cc.mu.Unlock()
+	if closeNow {
+		_ = cc.ch.Close()
+	}
+	return nil
+}
+
+func (b *Broker) handleOf(d *broker.Delivery, op string) (handle, error) {
+	if b.closed.Load() {
+		return handle{}, broker.ErrClosed
+	}
+	if d == nil {
+		return handle{}, fmt.Errorf("amqp: %s: nil delivery", op)
+	}
+	h, ok := d.Handle.(handle)
+	if !ok || h.cc == nil {
+		return handle{}, fmt.Errorf("amqp: %s: delivery handle %T is not from this transport", op, d.Handle)
+	}
+	return h, nil
+}
+
+func (b *Broker) settle(ctx context.Context, d *broker.Delivery, op string, fn func(*amqp091.Channel, uint64) error) error {
+	h, err := b.handleOf(d, op)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("amqp: %s delivery %d: %w", op, h.tag, err)
+	}
+	if err := h.cc.settle(h.tag, fn); err != nil {
+		return fmt.Errorf("amqp: %s delivery %d (channel gen %d): %w", op, h.tag, h.cc.gen, err)
+	}
+	return nil
+}
+
+// Ack removes the delivery from its queue (basic.ack).
+func (b *Broker) Ack(ctx context.Context, d *broker.Delivery) error {
+	return b.settle(ctx, d, "ack", func(ch *amqp091.Channel, tag uint64) error {
+		return ch.Ack(tag, false)
+	})
+}
+
+// Requeue hands the delivery back to its queue (basic.nack with requeue); RabbitMQ
+// redelivers it with the redelivered flag set.
+func (b *Broker) Requeue(ctx context.Context, d *broker.Delivery) error {
+	return b.settle(ctx, d, "requeue", func(ch *amqp091.Channel, tag uint64) error {
+		return ch.Nack(tag, false, true)
+	})
+}
+
+// SetPrefetch re-issues basic.qos(0, prefetch, global) on the live consuming channel and
+// keeps the value for the channels of later reconnects.
+func (b *Broker) SetPrefetch(ctx context.Context, prefetch int) error {
+	if prefetch < 0 {
+		return fmt.Errorf("amqp: set prefetch: negative prefetch %d", prefetch)
+	}
+	if b.ctx.Err() != nil {
+		return broker.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("amqp: set prefetch %d: %w", prefetch, err)
+	}
+	prefetch = min(prefetch, maxPrefetch)
+	b.mu.Lock()
+	c := b.consumer
+	b.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.prefetch = prefetch
+	cc := c.cur
+	if cc == nil {
+		return nil
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.gone {
+		return nil // the next channel generation starts with the new value
+	}
+	if err := cc.ch.Qos(prefetch, 0, true); err != nil {
+		if cc.ch.IsClosed() {
+			return nil
+		}
+		return fmt.Errorf("amqp: set prefetch %d: %w", prefetch, err)
+	}
+	return nil
+}

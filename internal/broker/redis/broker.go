@@ -1,0 +1,767 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/protocol"
+)
+
+// Options configure a Broker. Zero values take kombu's defaults.
+type Options struct {
+	// URL is redis://[[user]:password@]host:port/db or rediss://… (TLS).
+	URL string
+	// KeyPrefix is kombu's global_keyprefix transport option: it prefixes every key.
+	KeyPrefix string
+	// VisibilityTimeout is how old a lease must be before a sweep restores it
+	// (kombu visibility_timeout). Default 1h.
+	VisibilityTimeout time.Duration
+	// PrioritySteps are kombu's priority_steps, ascending. Default 0,3,6,9.
+	PrioritySteps []int
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultVisibilityTimeout is kombu's default visibility_timeout.
+const DefaultVisibilityTimeout = time.Hour
+
+const (
+	brpopTimeout   = time.Second
+	mutexExpireMS  = 300000 // kombu unacked_mutex_expire, 5 min
+	shutdownBudget = 30 * time.Second
+	maxBackoff     = 5 * time.Second
+)
+
+// Broker is kombu's Redis transport behind broker.Broker. It is safe for concurrent use.
+type Broker struct {
+	client       *goredis.Client
+	keys         keyspace
+	vt           time.Duration
+	refreshEvery time.Duration
+	sweepEvery   time.Duration
+	log          *slog.Logger
+
+	life       context.Context // cancelled by Close
+	cancelLife context.CancelFunc
+	bg         sync.WaitGroup // fetch loops, sweepers, the lease refresher
+	ops        sync.WaitGroup // public calls in progress
+	refresher  sync.Once
+
+	mu       sync.Mutex
+	closed   bool
+	limit    int           // prefetch; 0 means unlimited
+	inflight int           // fetches in progress + unsettled deliveries
+	changed  chan struct{} // closed and replaced whenever limit or inflight change
+	held     map[*lease]struct{}
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// lease is a delivery this broker holds unsettled; it is the Delivery's Handle.
+type lease struct {
+	tag      string
+	queue    string
+	record   []byte // the exact `unacked` value written for it
+	envelope []byte // the envelope as popped
+	priority int
+	settling bool // guarded by Broker.mu
+}
+
+// New parses o.URL, connects and pings the server.
+func New(ctx context.Context, o Options) (*Broker, error) {
+	if o.URL == "" {
+		return nil, errors.New("redis: empty broker URL")
+	}
+	ro, err := goredis.ParseURL(o.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis: parse broker URL %s: %w", redact(o.URL), err)
+	}
+	steps := o.PrioritySteps
+	if len(steps) == 0 {
+		steps = []int{0, 3, 6, 9}
+	}
+	for i, s := range steps {
+		if s < 0 || s > 9 || (i > 0 && s <= steps[i-1]) {
+			return nil, fmt.Errorf("redis: priority steps %v must be strictly ascending within 0..9", steps)
+		}
+	}
+	vt := o.VisibilityTimeout
+	if vt < 0 {
+		return nil, fmt.Errorf("redis: negative visibility timeout %s", vt)
+	}
+	if vt == 0 {
+		vt = DefaultVisibilityTimeout
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	client := goredis.NewClient(ro)
+	if err := client.Ping(ctx).Err(); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("redis: connect to %s (db %d): %w", ro.Addr, ro.DB, err)
+	}
+	life, cancel := context.WithCancel(context.Background())
+	return &Broker{
+		client:       client,
+		keys:         keyspace{prefix: o.KeyPrefix, steps: slices.Clone(steps)},
+		vt:           vt,
+		refreshEvery: bound(vt/4, 50*time.Millisecond, 30*time.Second),
+		sweepEvery:   bound(vt/2, 100*time.Millisecond, time.Minute),
+		log:          logger.With("broker", "redis", "addr", ro.Addr, "db", ro.DB),
+		life:         life,
+		cancelLife:   cancel,
+		changed:      make(chan struct{}),
+		held:         make(map[*lease]struct{}),
+	}, nil
+}
+
+func bound(d, lo, hi time.Duration) time.Duration {
+	return min(max(d, lo), hi)
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
+
+// QueueKeys returns the Redis keys (global prefix included) of queue's priority
+// sub-lists, highest priority first.
+func (b *Broker) QueueKeys(queue string) []string { return b.keys.queueKeys(queue) }
+
+// Depth returns the number of messages waiting in queue over all its priority sub-lists
+// (delivered, unsettled messages are not counted).
+func (b *Broker) Depth(ctx context.Context, queue string) (int64, error) {
+	if err := b.enter(); err != nil {
+		return 0, err
+	}
+	defer b.ops.Done()
+	keys := b.keys.queueKeys(queue)
+	cmds := make([]*goredis.IntCmd, len(keys))
+	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.LLen(ctx, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("redis: depth of %s: %w", queue, err)
+	}
+	var n int64
+	for _, c := range cmds {
+		n += c.Val()
+	}
+	return n, nil
+}
+
+// enter registers a public call; it fails once Close has begun.
+func (b *Broker) enter() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return broker.ErrClosed
+	}
+	b.ops.Add(1)
+	return nil
+}
+
+// Consume declares queues as kombu does and delivers from them until ctx is done or the
+// broker is closed. prefetch 0 means no limit.
+func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-chan *broker.Delivery, error) {
+	if prefetch < 0 {
+		return nil, fmt.Errorf("redis: consume: negative prefetch %d", prefetch)
+	}
+	var qs []string
+	for _, q := range queues {
+		if q == "" {
+			return nil, errors.New("redis: consume: empty queue name")
+		}
+		if !slices.Contains(qs, q) {
+			qs = append(qs, q)
+		}
+	}
+	if len(qs) == 0 {
+		return nil, errors.New("redis: consume: no queues")
+	}
+	if err := b.enter(); err != nil {
+		return nil, err
+	}
+	defer b.ops.Done()
+
+	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, q := range qs {
+			p.SAdd(ctx, b.keys.binding(q), bindingMember(q, "", q))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redis: declare queues %v: %w", qs, err)
+	}
+	b.setLimit(prefetch)
+
+	b.refresher.Do(func() {
+		b.bg.Add(1)
+		go func() {
+			defer b.bg.Done()
+			b.refreshLoop()
+		}()
+	})
+
+	cctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(b.life, cancel)
+	out := make(chan *broker.Delivery)
+	var loops sync.WaitGroup
+	loops.Add(2)
+	b.bg.Add(2)
+	go func() {
+		defer b.bg.Done()
+		defer loops.Done()
+		b.fetchLoop(cctx, qs, out)
+	}()
+	go func() {
+		defer b.bg.Done()
+		defer loops.Done()
+		b.sweepLoop(cctx)
+	}()
+	go func() {
+		loops.Wait()
+		stop()
+		cancel()
+	}()
+	return out, nil
+}
+
+// SetPrefetch changes the limit of unsettled deliveries; 0 means no limit.
+func (b *Broker) SetPrefetch(_ context.Context, prefetch int) error {
+	if prefetch < 0 {
+		return fmt.Errorf("redis: set prefetch: negative prefetch %d", prefetch)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.ops.Done()
+	b.setLimit(prefetch)
+	return nil
+}
+
+func (b *Broker) setLimit(n int) {
+	b.mu.Lock()
+	b.limit = n
+	b.signalLocked()
+	b.mu.Unlock()
+}
+
+func (b *Broker) signalLocked() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// acquire reserves a slot for one fetch, waiting while the prefetch limit is reached.
+func (b *Broker) acquire(ctx context.Context) error {
+	for {
+		b.mu.Lock()
+		if b.limit <= 0 || b.inflight < b.limit {
+			b.inflight++
+			b.mu.Unlock()
+			return nil
+		}
+		ch := b.changed
+		b.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (b *Broker) release() {
+	b.mu.Lock()
+	b.inflight--
+	b.signalLocked()
+	b.mu.Unlock()
+}
+
+func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *broker.Delivery) {
+	defer close(out)
+	rr := &roundRobin{order: slices.Clone(queues)}
+	var bo backoff
+	for {
+		if ctx.Err() != nil || b.acquire(ctx) != nil {
+			return
+		}
+		d, err := b.fetch(ctx, rr)
+		if err != nil {
+			b.release()
+			if ctx.Err() != nil {
+				return
+			}
+			if bo.fail() {
+				b.log.Warn("redis: fetching failed; retrying with backoff", "queues", queues, "err", err)
+			} else {
+				b.log.Debug("redis: fetching still failing", "err", err)
+			}
+			if !sleep(ctx, bo.next()) {
+				return
+			}
+			continue
+		}
+		if bo.recover() {
+			b.log.Info("redis: fetching recovered", "queues", queues)
+		}
+		if d == nil {
+			b.release()
+			continue
+		}
+		select {
+		case out <- d:
+		case <-ctx.Done():
+			l := d.Handle.(*lease)
+			if err := b.giveBack(l); err != nil {
+				b.log.Error("redis: could not restore an undelivered message at consumer stop; a sweep will restore it",
+					"tag", l.tag, "queue", l.queue, "err", err)
+			}
+			return
+		}
+	}
+}
+
+// fetch takes one message (nil when none arrived within brpopTimeout) and leases it.
+// The Redis calls run without ctx's cancellation so that a popped message is never
+// dropped on the floor by a cancelled read; BRPOP's timeout bounds the wait instead.
+func (b *Broker) fetch(ctx context.Context, rr *roundRobin) (*broker.Delivery, error) {
+	keys, owner := b.keys.fetchKeys(rr.order)
+	rctx := context.WithoutCancel(ctx)
+	scriptKeys := append([]string{b.keys.unacked(), b.keys.unackedIndex()}, keys...)
+	res, err := fetchScript.Run(rctx, b.client, scriptKeys, nowScore()).Slice()
+	switch {
+	case err == nil:
+		if len(res) < 2 {
+			return nil, fmt.Errorf("redis: fetch script returned %d values", len(res))
+		}
+		i, ok1 := res[0].(int64)
+		item, ok2 := res[1].(string)
+		if !ok1 || !ok2 || i < 1 || int(i) > len(keys) {
+			return nil, fmt.Errorf("redis: fetch script returned %v", res[:2])
+		}
+		queue := owner[i-1]
+		rr.rotate(queue)
+		if len(res) == 4 {
+			tag, _ := res[2].(string)
+			rec, _ := res[3].(string)
+			return b.adopt(ctx, queue, []byte(item), tag, []byte(rec)), nil
+		}
+		return b.adoptUnleased(ctx, queue, []byte(item)), nil
+	case !errors.Is(err, goredis.Nil):
+		return nil, fmt.Errorf("redis: fetch from %v: %w", rr.order, err)
+	}
+	if ctx.Err() != nil {
+		return nil, nil
+	}
+	kv, err := b.client.BRPop(rctx, brpopTimeout, keys...).Result()
+	if errors.Is(err, goredis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis: brpop %v: %w", rr.order, err)
+	}
+	if len(kv) != 2 {
+		return nil, fmt.Errorf("redis: brpop returned %d values", len(kv))
+	}
+	i := slices.Index(keys, kv[0])
+	if i < 0 {
+		return nil, fmt.Errorf("redis: brpop returned unknown key %q", kv[0])
+	}
+	queue := owner[i]
+	rr.rotate(queue)
+	return b.adoptUnleased(ctx, queue, []byte(kv[1])), nil
+}
+
+// adopt turns an envelope whose lease the fetch script recorded into a Delivery.
+func (b *Broker) adopt(ctx context.Context, queue string, item []byte, tag string, rec []byte) *broker.Delivery {
+	env, err := decodeEnvelope(item)
+	if err != nil {
+		b.dropUndecodable(ctx, queue, item, tag, err)
+		return nil
+	}
+	return b.hold(queue, item, tag, rec, env)
+}
+
+// adoptUnleased leases an envelope popped without a lease (BRPOP, or an envelope the
+// script could not read) and turns it into a Delivery.
+func (b *Broker) adoptUnleased(ctx context.Context, queue string, item []byte) *broker.Delivery {
+	env, err := decodeEnvelope(item)
+	if err != nil {
+		b.log.Error("redis: dropped an undecodable message", "queue", queue, "err", err, "envelope", string(item))
+		return nil
+	}
+	if env.tag == "" {
+		env.tag = newTag()
+		if item, err = setDeliveryTag(item, env.tag); err != nil {
+			b.log.Error("redis: dropped a message without delivery_tag", "queue", queue, "err", err, "envelope", string(item))
+			return nil
+		}
+	}
+	rec, err := makeRecord(item, env.exchange, env.routingKey)
+	if err != nil {
+		b.log.Error("redis: dropped a message that cannot be leased", "queue", queue, "err", err, "envelope", string(item))
+		return nil
+	}
+	if err := b.recordLease(ctx, env.tag, rec); err != nil {
+		// The message is only in memory now: put it back rather than lose it.
+		b.log.Error("redis: could not record lease; pushing the message back", "queue", queue, "tag", env.tag, "err", err)
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBudget)
+		defer cancel()
+		if perr := b.client.RPush(pctx, b.keys.listFor(queue, env.priority), item).Err(); perr != nil {
+			b.log.Error("redis: message lost: neither leased nor pushed back", "queue", queue, "err", perr, "envelope", string(item))
+		}
+		return nil
+	}
+	return b.hold(queue, item, env.tag, rec, env)
+}
+
+// recordLease writes the lease (kombu QoS.append), retrying with backoff for a while.
+func (b *Broker) recordLease(ctx context.Context, tag string, rec []byte) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBudget)
+	defer cancel()
+	var bo backoff
+	for {
+		_, err := b.client.TxPipelined(rctx, func(p goredis.Pipeliner) error {
+			p.ZAdd(rctx, b.keys.unackedIndex(), goredis.Z{Score: nowFloat(), Member: tag})
+			p.HSet(rctx, b.keys.unacked(), tag, rec)
+			return nil
+		})
+		if err == nil {
+			return nil
+		}
+		bo.fail()
+		if !sleep(rctx, bo.next()) {
+			return fmt.Errorf("redis: record lease %s: %w", tag, err)
+		}
+	}
+}
+
+func (b *Broker) dropUndecodable(ctx context.Context, queue string, item []byte, tag string, derr error) {
+	b.log.Error("redis: dropped an undecodable message", "queue", queue, "tag", tag, "err", derr, "envelope", string(item))
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBudget)
+	defer cancel()
+	if err := b.removeLease(rctx, tag); err != nil {
+		b.log.Warn("redis: could not remove the lease of a dropped message", "tag", tag, "err", err)
+	}
+}
+
+func (b *Broker) hold(queue string, item []byte, tag string, rec []byte, env *inEnvelope) *broker.Delivery {
+	l := &lease{tag: tag, queue: queue, record: rec, envelope: item, priority: env.priority}
+	b.mu.Lock()
+	b.held[l] = struct{}{}
+	b.mu.Unlock()
+	return &broker.Delivery{
+		Queue:       queue,
+		Exchange:    env.exchange,
+		RoutingKey:  env.routingKey,
+		Redelivered: env.redelivered,
+		Message:     env.msg,
+		Handle:      l,
+	}
+}
+
+// claim marks d's lease as being settled. Public settlements fail once Close has begun:
+// Close restores every lease it finds.
+func (b *Broker) claim(d *broker.Delivery) (*lease, error) {
+	if d == nil {
+		return nil, errors.New("redis: nil delivery")
+	}
+	l, ok := d.Handle.(*lease)
+	if !ok || l == nil {
+		return nil, fmt.Errorf("redis: delivery handle %T is not from the redis broker", d.Handle)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, broker.ErrStaleDelivery
+	}
+	if _, ok := b.held[l]; !ok {
+		return nil, fmt.Errorf("redis: delivery %s is not held by this broker (already settled?)", l.tag)
+	}
+	if l.settling {
+		return nil, fmt.Errorf("redis: delivery %s is already being settled", l.tag)
+	}
+	l.settling = true
+	b.ops.Add(1)
+	return l, nil
+}
+
+// settled ends a settlement: on success the lease is forgotten and its prefetch slot
+// freed; on failure the delivery stays held (and refreshed) so it can be settled again.
+func (b *Broker) settled(l *lease, ok bool) {
+	b.mu.Lock()
+	if ok {
+		delete(b.held, l)
+		b.inflight--
+		b.signalLocked()
+	} else {
+		l.settling = false
+	}
+	b.mu.Unlock()
+}
+
+// Ack removes the lease: MULTI ZREM unacked_index, HDEL unacked (kombu QoS.ack).
+func (b *Broker) Ack(ctx context.Context, d *broker.Delivery) error {
+	l, err := b.claim(d)
+	if err != nil {
+		return err
+	}
+	defer b.ops.Done()
+	err = b.removeLease(ctx, l.tag)
+	b.settled(l, err == nil)
+	if err != nil {
+		return fmt.Errorf("redis: ack %s: %w", l.tag, err)
+	}
+	return nil
+}
+
+func (b *Broker) removeLease(ctx context.Context, tag string) error {
+	var hdel *goredis.IntCmd
+	_, err := b.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		p.ZRem(ctx, b.keys.unackedIndex(), tag)
+		hdel = p.HDel(ctx, b.keys.unacked(), tag)
+		return nil
+	})
+	if err == nil && hdel.Val() == 0 {
+		b.log.Warn("redis: lease was already gone when settled (restored by a sweep?); the message may run again", "tag", tag)
+	}
+	return err
+}
+
+// Requeue atomically removes the lease and pushes the message, marked redelivered, onto
+// the consuming end of its queue's priority sub-list.
+func (b *Broker) Requeue(ctx context.Context, d *broker.Delivery) error {
+	l, err := b.claim(d)
+	if err != nil {
+		return err
+	}
+	defer b.ops.Done()
+	err = b.restoreOwn(ctx, l)
+	b.settled(l, err == nil)
+	if err != nil {
+		return fmt.Errorf("redis: requeue %s: %w", l.tag, err)
+	}
+	return nil
+}
+
+// giveBack restores a lease held by the broker itself (consumer stop, Close).
+func (b *Broker) giveBack(l *lease) error {
+	b.mu.Lock()
+	if _, ok := b.held[l]; !ok || l.settling {
+		b.mu.Unlock()
+		return nil
+	}
+	l.settling = true
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
+	defer cancel()
+	err := b.restoreOwn(ctx, l)
+	b.settled(l, err == nil)
+	return err
+}
+
+func (b *Broker) restoreOwn(ctx context.Context, l *lease) error {
+	env, err := markRedelivered(l.envelope)
+	if err != nil {
+		return fmt.Errorf("mark redelivered: %w", err)
+	}
+	keys := []string{b.keys.unacked(), b.keys.unackedIndex(), b.keys.listFor(l.queue, l.priority)}
+	n, err := restoreScript.Run(ctx, b.client, keys, l.tag, l.record, env, "").Int()
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		b.log.Warn("redis: lease was no longer ours when handed back (restored by a sweep?); not pushed again",
+			"tag", l.tag, "queue", l.queue, "result", n)
+	}
+	return nil
+}
+
+// DeadLetter atomically pushes m (a new envelope: exchange "", routing key dlq, a new
+// delivery tag) onto list dlq, declares dlq's kombu binding and removes the lease.
+func (b *Broker) DeadLetter(ctx context.Context, d *broker.Delivery, dlq string, m *protocol.Message) error {
+	if dlq == "" {
+		return errors.New("redis: dead-letter: empty queue name")
+	}
+	l, err := b.claim(d)
+	if err != nil {
+		return err
+	}
+	defer b.ops.Done()
+	err = b.deadLetter(ctx, l, dlq, m)
+	b.settled(l, err == nil)
+	if err != nil {
+		return fmt.Errorf("redis: dead-letter %s to %s: %w", l.tag, dlq, err)
+	}
+	return nil
+}
+
+func (b *Broker) deadLetter(ctx context.Context, l *lease, dlq string, m *protocol.Message) error {
+	env, err := encodeEnvelope(m, "", dlq, newTag())
+	if err != nil {
+		return fmt.Errorf("encode: %w", err)
+	}
+	keys := []string{b.keys.unacked(), b.keys.unackedIndex(),
+		b.keys.listFor(dlq, int(m.Properties.Priority)), b.keys.binding(dlq)}
+	n, err := deadLetterScript.Run(ctx, b.client, keys, l.tag, l.record, env, bindingMember(dlq, "", dlq)).Int()
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		b.log.Warn("redis: lease was no longer ours when dead-lettered (restored by a sweep?); the message may run again",
+			"tag", l.tag, "result", n)
+	}
+	return nil
+}
+
+// Publish LPUSHes the message: exchange "" routes to the queue named by the routing key,
+// a named exchange to every queue its kombu bindings route the routing key to (direct).
+// It returns once Redis has replied.
+func (b *Broker) Publish(ctx context.Context, p broker.Publishing) error {
+	if p.Message == nil {
+		return errors.New("redis: publish: nil message")
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.ops.Done()
+	prio := int(p.Message.Properties.Priority)
+	if p.Exchange == "" {
+		if p.RoutingKey == "" {
+			return errors.New("redis: publish: default exchange needs a routing key (the queue name)")
+		}
+		env, err := encodeEnvelope(p.Message, "", p.RoutingKey, newTag())
+		if err != nil {
+			return fmt.Errorf("redis: publish to %s: encode: %w", p.RoutingKey, err)
+		}
+		if err := b.client.LPush(ctx, b.keys.listFor(p.RoutingKey, prio), env).Err(); err != nil {
+			return fmt.Errorf("redis: publish to %s: %w", p.RoutingKey, err)
+		}
+		return nil
+	}
+	members, err := b.client.SMembers(ctx, b.keys.binding(p.Exchange)).Result()
+	if err != nil {
+		return fmt.Errorf("redis: publish to exchange %s: bindings: %w", p.Exchange, err)
+	}
+	queues := directRoute(members, p.RoutingKey)
+	if len(queues) == 0 {
+		return fmt.Errorf("redis: publish to exchange %s: no queue bound with routing key %q", p.Exchange, p.RoutingKey)
+	}
+	envs := make([][]byte, len(queues))
+	for i := range queues {
+		if envs[i], err = encodeEnvelope(p.Message, p.Exchange, p.RoutingKey, newTag()); err != nil {
+			return fmt.Errorf("redis: publish to exchange %s: encode: %w", p.Exchange, err)
+		}
+	}
+	_, err = b.client.TxPipelined(ctx, func(pl goredis.Pipeliner) error {
+		for i, q := range queues {
+			pl.LPush(ctx, b.keys.listFor(q, prio), envs[i])
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redis: publish to exchange %s (queues %v): %w", p.Exchange, queues, err)
+	}
+	return nil
+}
+
+// Close stops fetching, restores every delivery still unsettled (kombu
+// restore_at_shutdown) and closes the connection pool. Settling after Close returns
+// broker.ErrStaleDelivery.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.signalLocked()
+	b.mu.Unlock()
+
+	b.cancelLife() // stop fetching now
+	b.ops.Wait()   // public calls already under way finish
+	b.bg.Wait()
+
+	b.mu.Lock()
+	var pending []*lease
+	for l := range b.held {
+		if !l.settling {
+			pending = append(pending, l)
+		}
+	}
+	b.mu.Unlock()
+	var errs []error
+	for _, l := range pending {
+		if err := b.giveBack(l); err != nil {
+			errs = append(errs, fmt.Errorf("redis: restore %s at close: %w", l.tag, err))
+		}
+	}
+	if len(pending) > 0 {
+		b.log.Info("redis: restored unsettled deliveries at close", "count", len(pending)-len(errs))
+	}
+	if err := b.client.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("redis: close client: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// backoff is exponential with jitter, capped at maxBackoff; fail and recover report
+// state changes so that loops log once per change.
+type backoff struct {
+	n       int
+	failing bool
+}
+
+func (bo *backoff) fail() (changed bool) {
+	changed = !bo.failing
+	bo.failing = true
+	return changed
+}
+
+func (bo *backoff) recover() (changed bool) {
+	changed = bo.failing
+	bo.failing, bo.n = false, 0
+	return changed
+}
+
+func (bo *backoff) next() time.Duration {
+	d := min(100*time.Millisecond<<min(bo.n, 6), maxBackoff)
+	bo.n++
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func nowFloat() float64 { return float64(time.Now().UnixMicro()) / 1e6 }
+
+func nowScore() string { return formatScore(nowFloat()) }
+
+func formatScore(f float64) string { return strconv.FormatFloat(f, 'f', 6, 64) }

@@ -1,0 +1,31 @@
+// Package redis is the fleet's Redis broker: kombu's Redis transport (kombu 5.2.4,
+// transport/redis.py) re-implemented key for key behind broker.Broker, so that Go and
+// Python Celery workers share queues and recover each other's lost messages.
+//
+// It owns these keys, all under kombu's global_keyprefix (Options.KeyPrefix):
+//
+//   - <queue>, <queue>\x06\x16<step>: the priority sub-lists; producers LPUSH, consumers
+//     pop from the right, steps in ascending order (0 is the highest priority).
+//   - _kombu.binding.<exchange>: binding sets, member "rk\x06\x16pattern\x06\x16queue".
+//   - unacked (hash tag → JSON [envelope, exchange, routing_key]) and unacked_index (zset
+//     tag → epoch seconds): the leases of delivered, unsettled messages.
+//   - unacked_mutex: the lock of the restore sweep (SET NX PX 300000, compare-and-delete).
+//
+// Fetching first runs a Lua script that pops from the first non-empty sub-list
+// (priority-major over all consumed queues, kombu's round robin between queues) and
+// records the lease in the same atomic step. Only when every list is empty does the
+// consumer block in BRPOP (1 s at a time) and then record the lease in a MULTI right
+// after; a crash between that BRPOP reply and the MULTI loses the message. That
+// remaining window is inherited from kombu, which takes it on every message.
+//
+// Leases are refreshed (ZADD XX) while a delivery is unsettled, so no sweep, Python's
+// or ours, restores work in progress. The sweep restores leases older than the
+// visibility timeout the way kombu's restore_visible does (exchange "" → the routing
+// key's queue, otherwise the direct bindings of the exchange), marked redelivered.
+// Departures from kombu, none visible to Python peers: restored and requeued messages go
+// to their priority's sub-list rather than always the bare queue; a lease that cannot be
+// routed is left in place (kombu drops it); restores compare the lease record first, so
+// a tag that someone else re-leased is never restored twice; publishing to a named
+// exchange gives each bound queue its own delivery tag. Publishing to a named exchange
+// routes direct only (fanout over pub/sub is not implemented here).
+package redis

@@ -1,0 +1,98 @@
+package redis
+
+import goredis "github.com/redis/go-redis/v9"
+
+// fetchScript pops one envelope from the first non-empty list and records its lease in
+// the same atomic step, so no crash can lose a popped message.
+//
+//	KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] lists in priority-major order
+//	ARGV[1] now (epoch seconds)
+//
+// Returns false when every list is empty, {i, envelope, tag, record} when the lease was
+// recorded (i is the 1-based position of the list among KEYS[3..]), or {i, envelope}
+// when the envelope could not be read in Lua (no usable delivery_tag); the caller then
+// records the lease itself.
+var fetchScript = goredis.NewScript(`
+for i = 3, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, env = pcall(cjson.decode, item)
+    if ok and type(env) == 'table' and type(env.properties) == 'table' then
+      local p = env.properties
+      local tag = p.delivery_tag
+      if type(tag) == 'string' and tag ~= '' then
+        local ex, rk = '', ''
+        local di = p.delivery_info
+        if type(di) == 'table' then
+          if type(di.exchange) == 'string' then ex = di.exchange end
+          if type(di.routing_key) == 'string' then rk = di.routing_key end
+        end
+        local rec = '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+        redis.call('ZADD', KEYS[2], ARGV[1], tag)
+        redis.call('HSET', KEYS[1], tag, rec)
+        return {i - 2, item, tag, rec}
+      end
+    end
+    return {i - 2, item}
+  end
+end
+return false
+`)
+
+// restoreScript removes a lease and pushes its (redelivered) envelope onto the consuming
+// end of each destination list: kombu's restore_by_tag as one atomic step.
+//
+//	KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] destination lists
+//	ARGV[1] tag, ARGV[2] expected unacked record ("" = any), ARGV[3] envelope to push,
+//	ARGV[4] score ceiling ("" = none): leave the lease if it was refreshed after this
+//
+// Returns 1 when restored, 0 when the lease no longer exists (someone settled or restored
+// it; a stray unacked_index entry is removed), -1 when the record differs (someone else
+// holds the tag now), -2 when the lease was refreshed after the ceiling.
+var restoreScript = goredis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if ARGV[2] ~= '' and cur ~= ARGV[2] then return -1 end
+if ARGV[4] ~= '' then
+  local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if s and tonumber(s) > tonumber(ARGV[4]) then return -2 end
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[3]) end
+return 1
+`)
+
+// deadLetterScript publishes the dead-letter envelope, declares its queue the way kombu
+// does, and removes the original lease, atomically.
+//
+//	KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] dead-letter list,
+//	KEYS[4] _kombu.binding.<dlq>
+//	ARGV[1] tag, ARGV[2] expected unacked record, ARGV[3] envelope, ARGV[4] binding member
+//
+// Returns 1 when the lease was removed, 0 when it was already gone, -1 when someone else
+// holds the tag now (their lease is left alone). The envelope is published in every case.
+var deadLetterScript = goredis.NewScript(`
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[4])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if cur ~= ARGV[2] then return -1 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+`)
+
+// unlockScript releases unacked_mutex only if we still own it (redis-py Lock.release).
+var unlockScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
