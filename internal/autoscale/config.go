@@ -55,8 +55,9 @@ type Config struct {
 	CPUTarget float64
 
 	// ScaleUpBand and ScaleDownBand are the dead band, in pods: the fleet grows only when the
-	// need exceeds the current count by more than ScaleUpBand, and a scale-down
-	// recommendation keeps ScaleDownBand pods above the need.
+	// need exceeds the current count by more than ScaleUpBand; it shrinks to
+	// ceil(mean need over ScaleDownWindow + ScaleDownBand) when that is below the current
+	// count.
 	ScaleUpBand   float64
 	ScaleDownBand float64
 
@@ -65,8 +66,9 @@ type Config struct {
 	ScaleUpPods    int
 	ScaleUpPercent int
 	ScaleUpPeriod  time.Duration
-	// ScaleDownWindow is the stabilisation window: a scale-down goes to the highest
-	// recommendation seen within it.
+	// ScaleDownWindow is the stabilisation window: a scale-down happens only after the
+	// policy has watched a settled arrival rate for this long (since its start and since the
+	// last step), and goes to the mean need over it.
 	ScaleDownWindow time.Duration
 	// Scale-down rate limit: within any ScaleDownPeriod the count may shrink by the larger of
 	// ScaleDownPods and ScaleDownPercent % of the count at the period's start.
@@ -76,6 +78,10 @@ type Config struct {
 	// ReversalGuard is the time after a scale-up during which no scale-down happens (a
 	// reversal, or flap, is a direction change within 10 min of the previous change).
 	ReversalGuard time.Duration
+	// ReversalBand widens ScaleUpBand within ReversalGuard of a scale-down, unless the
+	// arrival rate stepped since or the ready backlog has used the depth's noise reserve
+	// ((1 − StepDepthShare) × DepthTarget): noise must not undo a scale-down.
+	ReversalBand float64
 
 	// RateWindow is the arrival-rate estimator's window; ChangeWindow its short window. When
 	// the short window's mean differs from the older samples' by more than ChangeSigmas
@@ -111,12 +117,13 @@ type Config struct {
 //   - Interval 5 s: the emergency-stop goal is "0 within one reconcile, ≤ 5 s"; the
 //     RabbitMQ management API samples every 5 s, so polling faster sees nothing new.
 //   - ρ* is derived (TargetUtilization 0) from StepFactor 2, DepthTarget 100,
-//     StepDepthShare 0.6, PodStartTime 30 s and DetectionDelay 15 s, i.e. from
+//     StepDepthShare 0.8, PodStartTime 30 s and DetectionDelay 10 s, i.e. from
 //     autoscaling.md §6.4: after a step to k·λ, the backlog grows at (k·λ − C) for the
 //     reaction time T = DetectionDelay + PodStartTime, so keeping it under Q needs a ready
-//     capacity C ≥ k·λ − Q/T, i.e. ρ* = λ/C = 1/(k − Q/(λ·T)). With λ = 10/s, T = 45 s and
-//     Q = 0.6 × 100 = 60 that is ρ* = 0.54 (the doc's Q = 100 gives 0.56); the other 40
-//     messages absorb the Poisson noise of the ~900 arrivals in the reaction time.
+//     capacity C ≥ k·λ − Q/T, i.e. ρ* = λ/C = 1/(k − Q/(λ·T)). With λ = 10/s, T = 40 s and
+//     Q = 0.8 × 100 = 80 that is ρ* = 0.56 and 9 pods of 2/s, the doc's 9 pods; the other 20
+//     messages, and the first new pods being ready after 20 s rather than 30, absorb the
+//     Poisson noise of the ~800 arrivals in the reaction time.
 //     MaxUtilization 0.7 keeps pod CPU under 70 % (≈ 0.8 CPU per busy slot) and queueing
 //     delay low when λ is so small that any ρ would survive a step; MinUtilization 0.3
 //     stops a huge fleet from being planned for a tiny λ with a long start time.
@@ -124,19 +131,25 @@ type Config struct {
 //     pods before it reaches the target, and a big backlog (after a stop) drains in about a
 //     minute of full capacity.
 //   - CPUTarget 0.7: the seed's "worker CPU < 70 %", with the HPA's formula.
-//   - ScaleUpBand 0.5 and ScaleDownBand 0.5 pods: together a dead band of one pod around the
-//     need (not 10 % of a ratio, which is several pods on a big fleet and less than one on
-//     a small one). With the 2 min rate window the need's noise at λ = 10/s is about 0.35
-//     pod, so noise alone rarely crosses it.
+//   - ScaleUpBand 1 and ScaleDownBand 0 pods: the fleet grows when the need exceeds it by
+//     more than a pod and shrinks when the mean need over the window is a pod below it, so
+//     the dead band is two pods wide in real units (not 10 % of a ratio, which is several
+//     pods on a big fleet and less than one on a small one). With λ over 2 min and μ over
+//     5 min the need's noise at λ = 10/s is about 0.4 pod, so noise alone rarely crosses
+//     it; ρ* already carries the step headroom, so sitting up to a pod under the need costs
+//     some of the depth margin, not the goal.
 //   - Scale-up: 100 % or 4 pods per 15 s, no stabilisation (the HPA default): a 2× step is
 //     one write.
-//   - ScaleDownWindow 2 min, 50 % or 1 pod per minute, ReversalGuard 10 min: a halving is one
-//     write after two minutes of consistently lower need, and no scale-down follows a
-//     scale-up within the 10 minutes that would count as a flap. The cost is holding a
-//     scale-up for 10 minutes; the HPA's default window is 5.
+//   - ScaleDownWindow 2 min, at most one step of 50 % (or 1 pod) per minute, ReversalGuard
+//     10 min: a halving is one write after two minutes of consistently lower need, and no
+//     scale-down follows a scale-up within the 10 minutes that would count as a flap. The
+//     cost is holding a scale-up for 10 minutes; the HPA's default window is 5.
 //   - RateWindow 2 min, ChangeWindow 20 s, ChangeSigmas 3, Overdispersion 2,
-//     ChangeMinRatio 0.2: the long window keeps the need steady; a step of 2× is detected
-//     within 10–20 s (the DetectionDelay above), a ±20 % wobble is not.
+//     ChangeMinRatio 0.2: the long window keeps the need steady; a 2× step is detected on
+//     the first one or two samples after it (the 10 s DetectionDelay), a ±20 % wobble is not.
+//   - BaselineWindow 1 h: the planned step is k× the normal load, learned as a one-hour
+//     moving average of λ̂ (autoscaling.md §6.4: "a real deployment must re-derive ρ* from
+//     its own λ0").
 //   - StaleAfter 15 s: three missed polls.
 //   - GracePeriod 30 s (Kubernetes' default), BusyScaleInShare 0.5.
 func DefaultConfig() Config {
@@ -156,8 +169,8 @@ func DefaultConfig() Config {
 		MaxUtilization:    0.7,
 		DrainTime:         60 * time.Second,
 		CPUTarget:         0.7,
-		ScaleUpBand:       0.5,
-		ScaleDownBand:     0.5,
+		ScaleUpBand:       1,
+		ScaleDownBand:     0,
 		ScaleUpPods:       4,
 		ScaleUpPercent:    100,
 		ScaleUpPeriod:     15 * time.Second,
@@ -166,6 +179,7 @@ func DefaultConfig() Config {
 		ScaleDownPercent:  50,
 		ScaleDownPeriod:   time.Minute,
 		ReversalGuard:     10 * time.Minute,
+		ReversalBand:      1,
 		RateWindow:        2 * time.Minute,
 		ChangeWindow:      20 * time.Second,
 		ChangeSigmas:      3,
@@ -236,7 +250,7 @@ func (c Config) Validate() error {
 	check(c.ScaleDownPods >= 1 || c.ScaleDownPercent >= 1, "ScaleDownPods or ScaleDownPercent must allow shrinking")
 	check(c.ScaleDownPods >= 0 && c.ScaleDownPercent >= 0 && c.ScaleDownPercent <= 100 && c.ScaleDownPeriod > 0,
 		"scale-down policy must be within range and its period positive")
-	check(c.ScaleDownWindow >= 0 && c.ReversalGuard >= 0, "ScaleDownWindow and ReversalGuard must not be negative")
+	check(c.ScaleDownWindow >= 0 && c.ReversalGuard >= 0 && c.ReversalBand >= 0, "ScaleDownWindow, ReversalGuard and ReversalBand must not be negative")
 	check(c.RateWindow > 0 && c.ChangeWindow > 0 && c.ChangeWindow < c.RateWindow, "need 0 < ChangeWindow < RateWindow")
 	check(c.ChangeSigmas > 0 && c.Overdispersion >= 1 && c.ChangeMinRatio >= 0, "change detector: ChangeSigmas > 0, Overdispersion ≥ 1, ChangeMinRatio ≥ 0")
 	check(c.StaleAfter > 0, "StaleAfter must be positive, got %v", c.StaleAfter)

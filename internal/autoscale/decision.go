@@ -68,9 +68,12 @@ type Inputs struct {
 	Ready    int `json:"ready"`
 	InFlight int `json:"in_flight"`
 	Held     int `json:"held"`
-	// Lambda is the estimated arrival rate (long window); LambdaShort the short window's.
+	// Lambda is the estimated arrival rate λ̂; LambdaShort the most recent sample's rate
+	// (a scale-up goes to the need of the larger of the two).
 	Lambda      float64 `json:"lambda"`
 	LambdaShort float64 `json:"lambda_short"`
+	// LambdaBase is the learned baseline rate the planned step is relative to.
+	LambdaBase float64 `json:"lambda_base"`
 	// Mu is the per-slot service rate used (weighted over queues by their arrivals).
 	Mu float64 `json:"mu"`
 	// Slots is the concurrency per pod used.

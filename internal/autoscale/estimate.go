@@ -21,6 +21,9 @@ type rateEstimator struct {
 	// warm is set once the samples spanned a full ChangeWindow: λ̂ is usable from then on,
 	// also right after a step, when only the samples after it are kept.
 	warm bool
+	// settling is true after a step until a ChangeWindow of samples followed it: the first
+	// sample kept may straddle the step, and is dropped if the later ones disown it.
+	settling bool
 	// lastSeen is the time of the last observation that carried this queue.
 	lastSeen time.Time
 }
@@ -61,6 +64,23 @@ func (e *rateEstimator) add(cfg Config, at time.Time, rate float64) bool {
 	if totT >= cfg.ChangeWindow.Seconds()*0.99 {
 		e.warm = true
 	}
+	if e.settling {
+		if n >= 3 {
+			first := e.samples[0]
+			restN, restT := totN-first.rate*first.dt, totT-first.dt
+			rest := restN / restT
+			diff := math.Abs(first.rate - rest)
+			sigma := cfg.Overdispersion * math.Sqrt(math.Max(rest, 1/restT)/first.dt)
+			if diff/sigma > cfg.ChangeSigmas && diff > cfg.ChangeMinRatio*rest {
+				e.samples = e.samples[1:]
+				n, totN, totT = n-1, restN, restT
+			}
+		}
+		if totT >= cfg.ChangeWindow.Seconds()*0.99 {
+			e.settling = false
+		}
+		return false
+	}
 	shortFrom := at.Add(-cfg.ChangeWindow)
 	bestK, bestZ2 := 0, 0.0
 	var tailN, tailT float64
@@ -86,36 +106,28 @@ func (e *rateEstimator) add(cfg Config, at time.Time, rate float64) bool {
 	}
 	if bestK > 0 {
 		e.samples = append(e.samples[:0], e.samples[n-bestK:]...)
+		e.settling = true
 		return true
 	}
 	return false
 }
 
-// estimate returns the long-window mean, the short-window mean and the time the samples
-// span (in seconds). now is the decision time: samples that aged out of the window since
-// the last add are ignored.
-func (e *rateEstimator) estimate(cfg Config, now time.Time) (long, short, span float64) {
+// estimate returns λ̂ (the mean over the window), the most recent sample's rate and the
+// time the samples span (in seconds). now is the decision time: samples that aged out of
+// the window since the last add are ignored.
+func (e *rateEstimator) estimate(cfg Config, now time.Time) (long, last, span float64) {
 	cut := now.Add(-cfg.RateWindow)
-	shortFrom := now.Add(-cfg.ChangeWindow)
-	var n, t, sn, stt float64
+	var n, t float64
 	for _, s := range e.samples {
 		if !s.at.After(cut) {
 			continue
 		}
 		n += s.rate * s.dt
 		t += s.dt
-		if s.at.After(shortFrom) {
-			sn += s.rate * s.dt
-			stt += s.dt
-		}
+		last = s.rate
 	}
 	if t == 0 {
 		return 0, 0, 0
 	}
-	long = n / t
-	short = long
-	if stt > 0 {
-		short = sn / stt
-	}
-	return long, short, t
+	return n / t, last, t
 }

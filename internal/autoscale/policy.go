@@ -24,9 +24,17 @@ type policyState struct {
 	rates       map[string]*rateEstimator
 	mu          map[string]float64
 	p99         map[string]time.Duration
-	recs        []timedCount  // scale-down recommendations within ScaleDownWindow
+	needs       []timedNeed   // settled needs within ScaleDownWindow, for scale-down
 	changes     []timedChange // replica changes this policy decided, for the rate limits
 	lastUpAt    time.Time
+	lastDownAt  time.Time
+	// lastChangeAt is when the rate estimator last saw a step: scale-down recommendations
+	// from before it are void.
+	lastChangeAt time.Time
+	// base is the learned baseline arrival rate λ_base (an exponential moving average of
+	// λ̂ with BaselineWindow as time constant); baseAt its last update.
+	base        float64
+	baseAt      time.Time
 	prevCurrent int
 	lastDesired int
 	stopped     bool
@@ -35,9 +43,9 @@ type policyState struct {
 	resuming    bool
 }
 
-type timedCount struct {
-	at time.Time
-	n  int
+type timedNeed struct {
+	at   time.Time
+	need float64
 }
 
 type timedChange struct {
@@ -69,9 +77,10 @@ type signals struct {
 	held        int
 	lambda      float64 // long window, all queues
 	lambdaShort float64
-	lambdaKnown bool    // every queue has a full short window of samples
+	lambdaKnown bool    // every queue's estimator is warm
+	changed     bool    // a queue's estimator saw a step in this observation
+	settling    bool    // a queue's estimator is still settling after a step
 	slotsLong   float64 // busy slots the arrivals need at full utilisation: Σ λ_q/μ_q
-	slotsShort  float64
 	backlog     float64 // Σ ready_q / (μ_q · DrainTime): slots to drain the backlog in time
 	muKnown     bool
 	slots       float64 // concurrency per pod
@@ -95,10 +104,22 @@ func (p *Policy) Decide(obs Observation) Decision {
 		st.prevCurrent, st.lastDesired = current, current
 	}
 	sig := p.aggregate(obs)
+	if sig.changed {
+		st.lastChangeAt, st.needs = now, nil
+	}
+	if sig.queueOK && sig.lambdaKnown {
+		if st.baseAt.IsZero() {
+			st.base = sig.lambda
+		} else {
+			a := 1 - math.Exp(-now.Sub(st.baseAt).Seconds()/p.cfg.BaselineWindow.Seconds())
+			st.base += a * (sig.lambda - st.base)
+		}
+		st.baseAt = now
+	}
 	d := Decision{Time: now, Workload: obs.Workload.Name, Current: current, Desired: current}
 	d.Inputs = Inputs{
 		Ready: sig.ready, InFlight: sig.inFlight, Held: sig.held,
-		Lambda: sig.lambda, LambdaShort: sig.lambdaShort,
+		Lambda: sig.lambda, LambdaShort: sig.lambdaShort, LambdaBase: st.base,
 		Slots: int(math.Round(sig.slots)), ReadyPods: sig.readyPods, BusySlots: sig.busy,
 		TargetUtilization: p.rho(sig.lambda, obs.Flags.AsyncOff), SignalAge: round3(sig.age),
 	}
@@ -119,6 +140,8 @@ func (p *Policy) Decide(obs Observation) Decision {
 		st.changes = append(st.changes, timedChange{at: now, from: current, to: d.Desired})
 		if d.Desired > current {
 			st.lastUpAt = now
+		} else {
+			st.lastDownAt = now
 		}
 	}
 	keep := max(p.cfg.ScaleUpPeriod, p.cfg.ScaleDownPeriod)
@@ -195,7 +218,7 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 		st.manualStop = false
 	}
 
-	need, needShort, needRule := p.needs(d, obs, sig)
+	need, needRule := p.needs(d, obs, sig)
 
 	// Resume after a stop: ramp back to the pre-stop count in steps the scale-up rate allows,
 	// not straight to what the backlog that built up during the stop would ask for.
@@ -203,53 +226,69 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 		if current >= st.preStop {
 			st.resuming = false
 		} else {
-			target, rule := min(st.preStop, cfg.MaxReplicas), RuleResume
+			target := min(st.preStop, cfg.MaxReplicas)
 			if lim := p.upLimit(now, current); target > lim {
 				target = lim
 			}
-			d.Desired, d.Rule = target, rule
+			d.Desired, d.Rule = target, RuleResume
 			d.Reason = fmt.Sprintf("resuming after a stop: ramping towards the pre-stop count %d at the scale-up rate (now %d)", st.preStop, target)
 			return
 		}
 	}
 
+	// Scale-down looks at the mean need over the stabilisation window, counting only needs
+	// sized from a settled rate estimate.
+	sized := sig.queueOK && sig.lambdaKnown && sig.muKnown
+	if sized && !sig.settling {
+		p.record(now, need)
+	}
+	// Flap guard: within ReversalGuard of a scale-down, noise must not undo it. A scale-up
+	// then needs a wider band, unless the arrival rate stepped since or a backlog builds.
+	band := cfg.ScaleUpBand
+	backlogBuilds := float64(sig.ready) >= (1-cfg.StepDepthShare)*cfg.DepthTarget
+	guarded := !st.lastDownAt.IsZero() && now.Sub(st.lastDownAt) < cfg.ReversalGuard &&
+		!st.lastChangeAt.After(st.lastDownAt) && !backlogBuilds
+	if guarded {
+		band += cfg.ReversalBand
+	}
 	target, rule := current, RuleHysteresis
 	reason := ""
-	rec := max(0, int(math.Ceil(need+cfg.ScaleDownBand-1e-9)))
-	p.record(now, rec)
 	switch {
-	case need > float64(current)+cfg.ScaleUpBand:
-		// Fast scale-up, to the need of the short rate window when that is higher: a step
-		// is one write rather than a staircase that follows the long window.
-		target, rule = int(math.Ceil(math.Max(need, needShort)-1e-9)), needRule
-		reason = fmt.Sprintf("%s need %.2f pods > current %d + band %.1f: scale up to %d", needRule, need, current, cfg.ScaleUpBand, target)
-	case obs.Flags.AsyncOff && rec < current:
-		target, rule = rec, RuleAsyncOff
+	case need > float64(current)+band:
+		// Fast scale-up: straight to the need, no window.
+		target, rule = int(math.Ceil(need-1e-9)), needRule
+		reason = fmt.Sprintf("%s need %.2f pods > current %d + band %.1f: scale up to %d", needRule, need, current, band, target)
+	case obs.Flags.AsyncOff && int(math.Ceil(need+cfg.ScaleDownBand-1e-9)) < current:
+		target, rule = max(0, int(math.Ceil(need+cfg.ScaleDownBand-1e-9))), RuleAsyncOff
 		reason = fmt.Sprintf("ASYNC_ENABLED=false: need %.2f pods (no step headroom, no stabilisation): scale down to %d", need, target)
 	default:
-		cand := p.windowMax(now)
+		mean, ok := p.windowMean(now)
+		cand := current
+		if ok {
+			cand = max(0, int(math.Ceil(mean+cfg.ScaleDownBand-1e-9)))
+		}
 		switch {
-		case cand >= current:
-			reason = fmt.Sprintf("%s need %.2f pods within the dead band of current %d (-%.1f/+%.1f pods): hold", needRule, need, current, cfg.ScaleDownBand, cfg.ScaleUpBand)
-			if rec < current {
-				rule = RuleStabilization
-				reason = fmt.Sprintf("%s need %.2f pods, but the highest recommendation in the last %v is %d: hold (stabilisation)", needRule, need, cfg.ScaleDownWindow, cand)
-			}
-		case sig.queueOK && !sig.lambdaKnown:
+		case sig.queueOK && !sized:
 			rule = RuleWarmingUp
-			reason = fmt.Sprintf("only %.0f s of arrival samples: not sizing down from λ yet", p.lambdaSpan(obs))
+			reason = fmt.Sprintf("λ (%.0f s of samples) or μ not measured yet: not sizing down", p.lambdaSpan(obs))
+		case cand >= current:
+			reason = fmt.Sprintf("%s need %.2f pods within the dead band of current %d (+%.1f pods, or a mean need over %v above %d): hold",
+				needRule, need, current, band, cfg.ScaleDownWindow, current-1)
 		case now.Sub(st.firstAt) < cfg.ScaleDownWindow:
 			rule = RuleStabilization
 			reason = fmt.Sprintf("observing for less than the %v stabilisation window: hold", cfg.ScaleDownWindow)
+		case now.Sub(st.lastChangeAt) < cfg.ScaleDownWindow:
+			rule = RuleStabilization
+			reason = fmt.Sprintf("the arrival rate stepped %v ago: scale-down to %d waits for %v of the new rate", now.Sub(st.lastChangeAt).Round(time.Second), cand, cfg.ScaleDownWindow)
 		case !st.lastUpAt.IsZero() && now.Sub(st.lastUpAt) < cfg.ReversalGuard:
 			rule = RuleReversalGuard
 			reason = fmt.Sprintf("scale-down to %d waits %v after the last scale-up (%v ago) so it is not a reversal", cand, cfg.ReversalGuard, now.Sub(st.lastUpAt).Round(time.Second))
+		case !st.lastDownAt.IsZero() && now.Sub(st.lastDownAt) < cfg.ScaleDownPeriod:
+			rule = RuleScaleDownLimit
+			reason = fmt.Sprintf("one scale-down step per %v: the last was %v ago", cfg.ScaleDownPeriod, now.Sub(st.lastDownAt).Round(time.Second))
 		default:
 			target, rule = cand, needRule
-			if cand > rec {
-				rule = RuleStabilization
-			}
-			reason = fmt.Sprintf("%s need %.2f pods for the last %v: scale down to %d", needRule, need, cfg.ScaleDownWindow, cand)
+			reason = fmt.Sprintf("%s need %.2f pods, %.2f on average over the last %v: scale down to %d", needRule, need, mean, cfg.ScaleDownWindow, cand)
 		}
 	}
 
@@ -311,17 +350,15 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 
 // needs computes the candidate pod counts from the long and the short rate windows and the
 // rule that limits the long one.
-func (p *Policy) needs(d *Decision, obs Observation, sig signals) (need, needShort float64, rule Rule) {
+func (p *Policy) needs(d *Decision, obs Observation, sig signals) (need float64, rule Rule) {
 	cfg := p.cfg
 	asyncOff := obs.Flags.AsyncOff
-	var queueing, queueingShort, backlog, backlogShort float64
+	var queueing, backlog float64
 	if sig.queueOK && sig.muKnown {
 		if sig.lambdaKnown {
 			queueing = sig.slotsLong / (sig.slots * p.rho(sig.lambda, asyncOff))
-			queueingShort = sig.slotsShort / (sig.slots * p.rho(sig.lambdaShort, asyncOff))
 		}
 		backlog = queueing + sig.backlog/sig.slots
-		backlogShort = queueingShort + sig.backlog/sig.slots
 	}
 	inFlight := float64(sig.busy) / sig.slots
 	if !sig.busyKnown {
@@ -351,9 +388,8 @@ func (p *Policy) needs(d *Decision, obs Observation, sig signals) (need, needSho
 	if asyncOff && rule == RuleQueueing {
 		rule = RuleAsyncOff
 	}
-	needShort = math.Max(need, math.Max(queueingShort, backlogShort))
 	d.Needs.Need = round3(need)
-	return need, needShort, rule
+	return need, rule
 }
 
 // rho is ρ* for lambda; with ASYNC_ENABLED=false no step is coming, so the most the pods
@@ -362,7 +398,7 @@ func (p *Policy) rho(lambda float64, asyncOff bool) float64 {
 	if asyncOff {
 		return p.cfg.MaxUtilization
 	}
-	return p.cfg.TargetUtilizationFor(lambda)
+	return p.cfg.TargetUtilizationFor(lambda, p.st.base)
 }
 
 // aggregate reduces obs to signals and feeds the rate estimators.
@@ -396,7 +432,9 @@ func (p *Policy) aggregate(obs Observation) signals {
 			continue
 		}
 		s.age = math.Max(s.age, age.Seconds())
-		e.add(cfg, q.SampledAt, q.ArrivalRate)
+		if e.add(cfg, q.SampledAt, q.ArrivalRate) {
+			s.changed = true
+		}
 		if q.ServiceRate > 0 {
 			st.mu[q.Name] = q.ServiceRate
 		}
@@ -407,11 +445,14 @@ func (p *Policy) aggregate(obs Observation) signals {
 		s.ready += q.Ready
 		s.inFlight += q.InFlight
 		s.held += q.Held
-		long, short, span := e.estimate(cfg, now)
+		long, last, _ := e.estimate(cfg, now)
 		s.lambda += long
-		s.lambdaShort += short
-		if span < cfg.ChangeWindow.Seconds()*0.99 {
+		s.lambdaShort += last
+		if !e.warm {
 			s.lambdaKnown = false
+		}
+		if e.settling {
+			s.settling = true
 		}
 		mu := st.mu[q.Name]
 		if mu <= 0 {
@@ -419,7 +460,6 @@ func (p *Policy) aggregate(obs Observation) signals {
 			continue
 		}
 		s.slotsLong += long / mu
-		s.slotsShort += short / mu
 		s.backlog += float64(q.Ready) / (mu * cfg.DrainTime.Seconds())
 	}
 	for name, e := range st.rates {
@@ -471,26 +511,31 @@ func (p *Policy) lambdaSpan(obs Observation) float64 {
 	return least
 }
 
-// record stores a scale-down recommendation and forgets those older than the window.
-func (p *Policy) record(now time.Time, n int) {
+// record stores a need for the stabilisation window and forgets those older than it.
+func (p *Policy) record(now time.Time, need float64) {
 	st := &p.st
-	st.recs = append(st.recs, timedCount{at: now, n: n})
+	st.needs = append(st.needs, timedNeed{at: now, need: need})
 	i := 0
-	for i < len(st.recs) && now.Sub(st.recs[i].at) > p.cfg.ScaleDownWindow {
+	for i < len(st.needs) && now.Sub(st.needs[i].at) > p.cfg.ScaleDownWindow {
 		i++
 	}
-	st.recs = st.recs[i:]
+	st.needs = st.needs[i:]
 }
 
-// windowMax is the highest recommendation within the stabilisation window.
-func (p *Policy) windowMax(now time.Time) int {
-	m := 0
-	for _, r := range p.st.recs {
+// windowMean is the mean need within the stabilisation window (false: none recorded).
+func (p *Policy) windowMean(now time.Time) (float64, bool) {
+	var sum float64
+	n := 0
+	for _, r := range p.st.needs {
 		if now.Sub(r.at) <= p.cfg.ScaleDownWindow {
-			m = max(m, r.n)
+			sum += r.need
+			n++
 		}
 	}
-	return m
+	if n == 0 {
+		return 0, false
+	}
+	return sum / float64(n), true
 }
 
 // upLimit is the most replicas the scale-up rate allows now: the larger of +ScaleUpPods and

@@ -44,8 +44,8 @@ const (
 	SourceRedis   Source = "redis"
 )
 
-// sources in precedence order, lowest first.
-var sourceOrder = [...]Source{SourceDefault, SourceEnv, SourceFile, SourceRedis}
+// sourceOrder lists the sources in precedence order, lowest first.
+func sourceOrder() [4]Source { return [4]Source{SourceDefault, SourceEnv, SourceFile, SourceRedis} }
 
 // Defaults for Options and Store.
 const (
@@ -191,12 +191,10 @@ func New(opts Options) (*Flags, error) {
 		defaults[d.Name] = d.Default
 		f.effective[d.Name] = State{Name: d.Name, Value: d.Default, Source: SourceDefault, Kind: d.Kind}
 	}
-	for _, s := range sourceOrder {
+	for _, s := range sourceOrder() {
 		f.layers[s] = map[string]string{}
 		f.rejected[s] = map[string]string{}
 		f.unknown[s] = map[string]bool{}
-	}
-	for _, s := range sourceOrder {
 		f.status[s] = &SourceStatus{Source: s}
 	}
 	f.layers[SourceDefault] = defaults
@@ -321,7 +319,7 @@ func (f *Flags) Snapshot() Snapshot {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	snap := Snapshot{Flags: f.effectiveLocked(), Changes: f.changes}
-	for _, s := range sourceOrder {
+	for _, s := range sourceOrder() {
 		if (s == SourceFile && f.opts.File == "") || (s == SourceRedis && f.opts.Redis == nil) {
 			continue
 		}
@@ -396,9 +394,10 @@ func (f *Flags) apply(src Source, raw map[string]string) {
 	var changes []Change
 	for name, def := range f.defs {
 		next := State{Name: name, Kind: def.Kind}
-		for i := len(sourceOrder) - 1; i >= 0; i-- {
-			if v, ok := f.layers[sourceOrder[i]][name]; ok {
-				next.Value, next.Source = v, sourceOrder[i]
+		order := sourceOrder()
+		for i := len(order) - 1; i >= 0; i-- {
+			if v, ok := f.layers[order[i]][name]; ok {
+				next.Value, next.Source = v, order[i]
 				break
 			}
 		}

@@ -143,9 +143,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	// 1. fetcher: stop at once; 2. reserved: hand back what was fetched but not started.
 	stopFetching()
 	handedBack := 0
-	for d := range deliveries {
-		w.requeue(d, "shutdown: not started")
-		handedBack++
+drain:
+	for {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				break drain
+			}
+			w.requeue(d, "shutdown: not started")
+			handedBack++
+		case <-w.aborted:
+			// The transport did not close its channel; what it still holds it hands back
+			// itself when the broker is closed.
+			break drain
+		}
 	}
 	w.log.Info("worker stopping: fetching stopped", "handed_back", handedBack,
 		"running", w.active.Load(), "grace", w.cfg.ShutdownTimeout)

@@ -114,6 +114,10 @@ func (h *hpa) normalize(now time.Duration, current, proposal int) int {
 	return max(h.min, min(h.max, rec))
 }
 
+// warm makes the HPA look as if it had been running at the initial count already, as a
+// long-running HPA would, so its first scale-down waits for the window like any later one.
+func (h *hpa) warm(w *world) { h.recs = []timedN{{w.now, w.spec}} }
+
 func (h *hpa) write(w *world, n int, by string) {
 	if n == w.spec {
 		return
@@ -138,6 +142,7 @@ func newHPACPU(s HPASettings, p Params) *hpaCPU {
 }
 
 func (c *hpaCPU) attach(w *world, phase float64) {
+	c.h.warm(w)
 	w.every(time.Duration(phase*float64(hpaSync))+time.Second, hpaSync, w.tr.Duration, func() { c.tick(w) })
 }
 
@@ -235,6 +240,7 @@ func newKEDA(name string, s KEDASettings, p Params) *keda {
 }
 
 func (k *keda) attach(w *world, phase float64) {
+	k.h.warm(w)
 	w.every(time.Duration(phase*float64(hpaSync))+time.Second, hpaSync, w.tr.Duration, func() { k.hpaTick(w) })
 	w.every(time.Duration(phase*float64(kedaPolling))+time.Second, kedaPolling, w.tr.Duration, func() { k.activation(w) })
 }
@@ -253,24 +259,26 @@ func (k *keda) proposal(v, target float64, status int) int {
 
 func (k *keda) hpaTick(w *world) {
 	current := w.spec
-	if k.paused || current == 0 || !w.smp.ok {
+	smp, ok := w.api()
+	if k.paused || current == 0 || !ok {
 		return
 	}
-	total := float64(w.smp.ready + w.smp.unacked)
+	total := float64(smp.ready + smp.unacked)
 	status, _ := w.podCounts()
 	prop := k.proposal(total, k.s.Target, status)
 	if k.s.RateTarget > 0 {
-		prop = max(prop, k.proposal(w.smp.publishRate, k.s.RateTarget, status))
+		prop = max(prop, k.proposal(smp.publishRate, k.s.RateTarget, status))
 	}
 	k.h.write(w, k.h.normalize(w.now, current, prop), k.name)
 }
 
 func (k *keda) activation(w *world) {
-	if k.paused || !w.smp.ok {
+	smp, ok := w.api()
+	if k.paused || !ok {
 		return
 	}
-	total := w.smp.ready + w.smp.unacked
-	active := total > 0 || (k.s.RateTarget > 0 && w.smp.publishRate > 0)
+	total := smp.ready + smp.unacked
+	active := total > 0 || (k.s.RateTarget > 0 && smp.publishRate > 0)
 	switch {
 	case active:
 		k.lastActive = w.now
@@ -296,27 +304,47 @@ func (k *keda) resume(w *world) {
 // ---- the oracle ----
 
 // oracle sizes with perfect foresight and no lag: replicas(t) = ceil(λ(t + T_ready) ÷
-// (μ·c·ρ*)), re-evaluated every second, with the same ρ* as ours.
+// (μ·c·ρ*)), re-evaluated every second, with the same ρ* as ours. So that it never strands
+// queued work when λ falls (to 0 in T5, or after a stop), it also keeps the pods that drain
+// the current backlog within the policy's DrainTime.
 type oracle struct {
-	cfg autoscale.Config
+	cfg  autoscale.Config
+	base []float64 // the baseline λ per second, as ours learns it but from the true rate
 }
 
 func (o *oracle) attach(w *world, _ float64) {
+	o.prepare(w)
 	w.every(0, time.Second, w.tr.Duration, func() { o.tick(w) })
+}
+
+// prepare computes the baseline rate the oracle's ρ* is relative to: the same exponential
+// moving average ours keeps, of the true λ(t).
+func (o *oracle) prepare(w *world) {
+	n := int((w.tr.Duration+w.p.PodStartMax)/time.Second) + 2
+	o.base = make([]float64, n)
+	a := 1 - math.Exp(-1/o.cfg.BaselineWindow.Seconds())
+	o.base[0] = w.ld.rate(0)
+	for i := 1; i < n; i++ {
+		o.base[i] = o.base[i-1] + a*(w.ld.rate(time.Duration(i)*time.Second)-o.base[i-1])
+	}
 }
 
 // count is the oracle's replica count for the load at t.
 func (o *oracle) count(w *world, t time.Duration) int {
-	return o.size(w, w.ld.rate(t), w.tr.MeanServiceAt(w.p, t))
+	if o.base == nil {
+		o.prepare(w)
+	}
+	i := min(int(t/time.Second), len(o.base)-1)
+	return o.size(w, w.ld.rate(t), o.base[i], w.tr.MeanServiceAt(w.p, t))
 }
 
-// countFor is the count for a steady λ of the trace's ordinary tasks.
+// countFor is the count for a steady λ (which is also the baseline) of ordinary tasks.
 func (o *oracle) countFor(w *world, lam float64) int {
-	return o.size(w, lam, w.tr.MeanServiceAt(w.p, w.tr.Duration))
+	return o.size(w, lam, lam, w.tr.MeanServiceAt(w.p, w.tr.Duration))
 }
 
-func (o *oracle) size(w *world, lam, meanService float64) int {
-	n := int(math.Ceil(lam*meanService/(float64(w.p.Concurrency)*o.cfg.TargetUtilizationFor(lam)) - 1e-9))
+func (o *oracle) size(w *world, lam, base, meanService float64) int {
+	n := int(math.Ceil(lam*meanService/(float64(w.p.Concurrency)*o.cfg.TargetUtilizationFor(lam, base)) - 1e-9))
 	return max(0, min(w.p.MaxReplicas, n))
 }
 
@@ -325,7 +353,13 @@ func (o *oracle) tick(w *world) {
 		w.setSpec(0, Oracle)
 		return
 	}
-	w.setSpec(o.count(w, w.now+w.p.PodStartMean()), Oracle)
+	n := o.count(w, w.now+w.p.PodStartMean())
+	if work := w.depth() + w.unacked; work > 0 {
+		s := w.tr.MeanServiceAt(w.p, w.now)
+		drain := float64(work) * s / (float64(w.p.Concurrency) * o.cfg.DrainTime.Seconds())
+		n = max(n, min(w.p.MaxReplicas, int(math.Ceil(drain-1e-9))))
+	}
+	w.setSpec(n, Oracle)
 }
 
 func (o *oracle) stop(w *world)   { w.setSpec(0, Oracle) }
@@ -373,17 +407,18 @@ func (s simSignals) Observe(context.Context) (autoscale.Observation, error) {
 	w := s.w
 	epoch := simEpoch()
 	ts := func(d time.Duration) time.Time { return epoch.Add(d) }
+	smp, ok := w.api()
 	q := autoscale.QueueSignal{
 		Name:        "celery",
-		Available:   w.smp.ok,
-		SampledAt:   ts(w.smp.at),
-		Ready:       w.smp.ready,
-		InFlight:    w.smp.unacked,
-		ArrivalRate: w.smp.publishRate,
+		Available:   ok,
+		SampledAt:   ts(smp.at),
+		Ready:       smp.ready,
+		InFlight:    smp.unacked,
+		ArrivalRate: smp.publishRate,
 		ServiceRate: w.serviceRate(),
 		TaskP99:     w.taskP99,
 	}
-	if !w.smp.ok {
+	if !ok {
 		q.Error = "management API unreachable"
 	}
 	obs := autoscale.Observation{Time: ts(w.now), Queues: []autoscale.QueueSignal{q}}

@@ -35,14 +35,16 @@ type Params struct {
 	ScrapeEvery    time.Duration
 	// MaxReplicas is every controller's maximum.
 	MaxReplicas int
-	// ServiceWindow is the window over which the workers' μ is measured.
+	// ServiceWindow is the window over which the workers' μ is measured (from their
+	// processed counters and busy time; reported once half of it has run).
 	ServiceWindow time.Duration
 }
 
 // DefaultParams are autoscaling.md §6.2's base parameters: λ0 = 10/s, S = 2 s, c = 4 (so
 // μ_pod = 2/s), T_ready = 30 ± 10 s, 0.8 CPU per busy slot and 0.05 idle; plus a prefetch
 // multiplier of 1 (the setting the doc recommends), Kubernetes' 30 s grace period, the
-// RabbitMQ management API's 5 s sampling, Celery's 2 s heartbeat and metrics-server's 15 s.
+// RabbitMQ management API's 5 s sampling, Celery's 2 s heartbeat, metrics-server's 15 s and
+// μ measured over 5 minutes.
 func DefaultParams() Params {
 	return Params{
 		Lambda0:        10,
@@ -58,7 +60,7 @@ func DefaultParams() Params {
 		HeartbeatEvery: 2 * time.Second,
 		ScrapeEvery:    15 * time.Second,
 		MaxReplicas:    50,
-		ServiceWindow:  2 * time.Minute,
+		ServiceWindow:  5 * time.Minute,
 	}
 }
 

@@ -299,6 +299,12 @@ func (w *world) takeSample() {
 	w.smp = sample{at: w.now, ok: true, ready: len(w.ready) - w.head, unacked: w.unacked, publishRate: rate}
 }
 
+// api is the management API as a client sees it now: the last sample, and whether the call
+// succeeds (it fails at once when an outage starts).
+func (w *world) api() (sample, bool) {
+	return w.smp, w.smp.ok && !w.outage
+}
+
 // serviceRate is μ per busy slot over the service window (0 when too little work ran).
 func (w *world) serviceRate() float64 {
 	if len(w.snaps) < 2 {
@@ -306,7 +312,7 @@ func (w *world) serviceRate() float64 {
 	}
 	a, b := w.snaps[0], w.snaps[len(w.snaps)-1]
 	busy := b.busySec - a.busySec
-	if busy < 10 || b.completions == a.completions {
+	if b.at-a.at < w.p.ServiceWindow/2 || busy < 10 || b.completions == a.completions {
 		return 0
 	}
 	return float64(b.completions-a.completions) / busy

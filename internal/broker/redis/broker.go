@@ -327,11 +327,20 @@ func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *bro
 			b.release()
 			continue
 		}
-		select {
-		case out <- d:
-		case <-ctx.Done():
+		delivered := false
+		if ctx.Err() == nil {
+			select {
+			case out <- d:
+				delivered = true
+			case <-ctx.Done():
+			}
+		}
+		if !delivered {
 			l := d.Handle.(*lease)
-			if err := b.giveBack(l); err != nil {
+			gctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
+			err := b.giveBack(gctx, l)
+			cancel()
+			if err != nil {
 				b.log.Error("redis: could not restore an undelivered message at consumer stop; a sweep will restore it",
 					"tag", l.tag, "queue", l.queue, "err", err)
 			}
@@ -564,7 +573,7 @@ func (b *Broker) Requeue(ctx context.Context, d *broker.Delivery) error {
 }
 
 // giveBack restores a lease held by the broker itself (consumer stop, Close).
-func (b *Broker) giveBack(l *lease) error {
+func (b *Broker) giveBack(ctx context.Context, l *lease) error {
 	b.mu.Lock()
 	if _, ok := b.held[l]; !ok || l.settling {
 		b.mu.Unlock()
@@ -572,8 +581,6 @@ func (b *Broker) giveBack(l *lease) error {
 	}
 	l.settling = true
 	b.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
-	defer cancel()
 	err := b.restoreOwn(ctx, l)
 	b.settled(l, err == nil)
 	return err
@@ -709,9 +716,11 @@ func (b *Broker) Close() error {
 		}
 	}
 	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
+	defer cancel()
 	var errs []error
 	for _, l := range pending {
-		if err := b.giveBack(l); err != nil {
+		if err := b.giveBack(ctx, l); err != nil {
 			errs = append(errs, fmt.Errorf("redis: restore %s at close: %w", l.tag, err))
 		}
 	}

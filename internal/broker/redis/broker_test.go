@@ -486,7 +486,10 @@ func TestCancelClosesChannel(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	cancel2()
-	for range ch2 {
+	for d := range ch2 { // it may still have been handed over: the caller requeues it
+		if err := b.Requeue(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if n := f.hlen(f.ks.unacked()); n != 0 {
 		t.Errorf("lease left after stop: %d", n)

@@ -22,6 +22,10 @@
 // or ours, restores work in progress. The sweep restores leases older than the
 // visibility timeout the way kombu's restore_visible does (exchange "" → the routing
 // key's queue, otherwise the direct bindings of the exchange), marked redelivered.
+// KeyPrefix, VisibilityTimeout and PrioritySteps must match the Python side's
+// broker_transport_options (global_keyprefix, visibility_timeout, priority_steps). The
+// prefetch limit is per Broker, shared by all its Consume calls.
+//
 // Departures from kombu, none visible to Python peers: restored and requeued messages go
 // to their priority's sub-list rather than always the bare queue; a lease that cannot be
 // routed is left in place (kombu drops it); restores compare the lease record first, so
