@@ -251,6 +251,11 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 	if guarded {
 		band += cfg.ReversalBand
 	}
+	if sized && sig.slotsLong/sig.slots > float64(current) {
+		// Overloaded: the arrivals exceed what the pods serve flat out, so the queue grows
+		// without bound; no dead band.
+		band = 0
+	}
 	target, rule := current, RuleHysteresis
 	reason := ""
 	switch {
@@ -368,6 +373,9 @@ func (p *Policy) needs(d *Decision, obs Observation, sig signals) (need float64,
 		}
 	}
 	cpu := sig.cpuSum / cfg.CPUTarget
+	if sig.queueOK && sig.busyKnown && sig.busy == 0 && sig.ready == 0 && sig.inFlight == 0 {
+		cpu = 0 // idle pods' CPU is not demand: it must not hold the last pod when there is no work
+	}
 	d.Needs = Needs{Queueing: round3(queueing), Backlog: round3(backlog), InFlight: round3(inFlight), CPU: round3(cpu)}
 
 	need, rule = queueing, RuleQueueing

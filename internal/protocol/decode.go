@@ -83,6 +83,9 @@ func Decode(m *Message) (*Task, error) {
 		return nil, &DecodeError{Reason: reason, TaskID: id, TaskName: name, Err: err}
 	}
 
+	if IsInvalidEnvelope(m) {
+		return fail(ReasonDecodeError, invalidEnvelopeError(m))
+	}
 	if err := checkContent(m.ContentType, m.ContentEncoding); err != nil {
 		return fail(ReasonUnsupportedContent, err)
 	}

@@ -24,12 +24,15 @@ const (
 //	diag.sleep(seconds) sleeps, returns seconds; fails early when the task is cancelled
 //	diag.cpu(ms)        burns one core for ms milliseconds, returns ms
 //	diag.fail(message)  fails with builtins.RuntimeError(message)
+//	diag.flaky(failures) retries itself (countdown 0.1 s) until its retries reach failures,
+//	                    then returns the number of attempts
 func RegisterDiag(reg *Registry) {
 	reg.HandleFunc(DiagAdd, diagAdd)
 	reg.HandleFunc(DiagEcho, diagEcho)
 	reg.HandleFunc(DiagSleep, diagSleep)
 	reg.HandleFunc(DiagCPU, diagCPU)
 	reg.HandleFunc(DiagFail, diagFail)
+	reg.HandleFunc(DiagFlaky, diagFlaky)
 }
 
 func diagAdd(_ context.Context, r *Request) (any, error) {

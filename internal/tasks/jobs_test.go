@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -134,7 +135,7 @@ func TestMaterializerValidation(t *testing.T) {
 				run := &recordingRunner{}
 				ff := newFakeFlags()
 				ff.set(FlagMaterializersEnabled, enabled)
-				h := NewMaterializerHandler([]string{"daily_summary"}, run, ff, nil)
+				h := NewMaterializerHandler([]string{"daily_summary"}, run, ff, slog.New(slog.DiscardHandler))
 				_, err := h.ServeTask(context.Background(), &Request{ID: "t", Name: "denis.materializer.run", Kwargs: tc.kwargs})
 				if tc.errSub == "" {
 					if err != nil {
@@ -335,7 +336,7 @@ func TestJobHandlerWithRealFlags(t *testing.T) {
 	}
 	cfg := JobConfig{Runner: RunnerExec, Allow: []string{"daily_summary"},
 		Exec: &ExecConfig{Argv: []string{script(t), "echo", "{materializer}"}}}
-	h, err := NewJobHandler(KindMaterializer, cfg, RunnerOptions{Flags: fl, LookupEnv: testEnv(nil)})
+	h, err := NewJobHandler(KindMaterializer, cfg, RunnerOptions{Logger: slog.New(slog.DiscardHandler), Flags: fl, LookupEnv: testEnv(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +359,7 @@ func TestJobHandlerWithRealFlags(t *testing.T) {
 		t.Fatal("a crew task without an allowlist must be refused")
 	}
 	// A generic exec task gets args and kwargs.
-	gh, err := NewJobHandler(KindExec, JobConfig{Exec: &ExecConfig{Argv: []string{script(t), "echo"}}}, RunnerOptions{LookupEnv: testEnv(nil)})
+	gh, err := NewJobHandler(KindExec, JobConfig{Exec: &ExecConfig{Argv: []string{script(t), "echo"}}}, RunnerOptions{Logger: slog.New(slog.DiscardHandler), LookupEnv: testEnv(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

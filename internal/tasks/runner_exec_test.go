@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -117,8 +118,8 @@ func pidAlive(pid int) bool {
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
 
-func readPids(t *testing.T, path string, within time.Duration) []int {
-	t.Helper()
+// readPids waits for the pid file the test command writes.
+func readPids(path string, within time.Duration) ([]int, error) {
 	deadline := time.Now().Add(within)
 	for {
 		data, err := os.ReadFile(path)
@@ -128,10 +129,10 @@ func readPids(t *testing.T, path string, within time.Duration) []int {
 				n, _ := strconv.Atoi(f)
 				pids = append(pids, n)
 			}
-			return pids
+			return pids, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no pid file %s within %v", path, within)
+			return nil, fmt.Errorf("no pid file %s within %v", path, within)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -153,6 +154,9 @@ func waitDead(t *testing.T, pids []int, within time.Duration) {
 
 func newCrewExec(t *testing.T, cfg ExecConfig, opts RunnerOptions) (Handler, *ExecRunner) {
 	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	r, err := NewExecRunner(cfg, KindCrew, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -319,10 +323,10 @@ func TestExecRunnerStopsProcessGroup(t *testing.T) {
 		errType     string
 		maxTook     time.Duration
 	}{
-		{"cancel (revoke --terminate): SIGTERM", false, 0, 300 * time.Millisecond, context.Canceled, "", 3 * time.Second},
-		{"cancel, TERM ignored: SIGKILL after grace", true, 0, 300 * time.Millisecond, context.Canceled, "", 4 * time.Second},
-		{"timeout: SIGTERM", false, 500 * time.Millisecond, 0, context.DeadlineExceeded, "TimeoutError", 3 * time.Second},
-		{"timeout, TERM ignored: SIGKILL after grace", true, 500 * time.Millisecond, 0, context.DeadlineExceeded, "TimeoutError", 4 * time.Second},
+		{"cancel (revoke --terminate): SIGTERM", false, 0, 300 * time.Millisecond, context.Canceled, "", 5 * time.Second},
+		{"cancel, TERM ignored: SIGKILL after grace", true, 0, 300 * time.Millisecond, context.Canceled, "", 6 * time.Second},
+		{"timeout: SIGTERM", false, 2 * time.Second, 0, context.DeadlineExceeded, "TimeoutError", 5 * time.Second},
+		{"timeout, TERM ignored: SIGKILL after grace", true, 2 * time.Second, 0, context.DeadlineExceeded, "TimeoutError", 6 * time.Second},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -337,10 +341,11 @@ func TestExecRunnerStopsProcessGroup(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			var pids []int
+			var pidErr error
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				pids = readPids(t, pidfile, 5*time.Second)
+				pids, pidErr = readPids(pidfile, 10*time.Second)
 				if tc.cancelAfter > 0 {
 					time.Sleep(tc.cancelAfter)
 					cancel()
@@ -350,6 +355,9 @@ func TestExecRunnerStopsProcessGroup(t *testing.T) {
 			_, err := h.ServeTask(ctx, crewReq("t-hang", map[string]any{"crew": "research"}))
 			took := time.Since(start)
 			<-done
+			if pidErr != nil {
+				t.Fatal(pidErr)
+			}
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("want %v, got %v", tc.wantErr, err)
 			}
@@ -384,7 +392,10 @@ func TestExecRunnerLeftovers(t *testing.T) {
 			start := time.Now()
 			got, err := h.ServeTask(context.Background(), crewReq("t-"+mode, map[string]any{"crew": "research"}))
 			took := time.Since(start)
-			pids := readPids(t, pidfile, time.Second)
+			pids, perr := readPids(pidfile, time.Second)
+			if perr != nil {
+				t.Fatal(perr)
+			}
 			if mode == "escape" {
 				defer func() { _ = syscall.Kill(pids[0], syscall.SIGKILL) }()
 			}
@@ -426,7 +437,7 @@ func TestExecRunnerKwargsNeverReachAShell(t *testing.T) {
 		calls++
 		return nil, nil
 	})
-	r, err := NewExecRunner(ExecConfig{Argv: []string{exe, "echo", "{crew}", "{run_id}"}}, KindCrew, RunnerOptions{LookupEnv: testEnv(nil)})
+	r, err := NewExecRunner(ExecConfig{Argv: []string{exe, "echo", "{crew}", "{run_id}"}}, KindCrew, RunnerOptions{Logger: slog.New(slog.DiscardHandler), LookupEnv: testEnv(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +464,7 @@ func TestExecRunnerKwargsNeverReachAShell(t *testing.T) {
 	// A generic exec task whose template admits anything: the values are single argv
 	// elements that no shell ever sees.
 	perm, err := NewExecRunner(ExecConfig{Argv: []string{exe, "echo", "{note}", "--x={note}"},
-		Placeholders: map[string]string{"note": `(?s).*`}}, KindExec, RunnerOptions{LookupEnv: testEnv(nil)})
+		Placeholders: map[string]string{"note": `(?s).*`}}, KindExec, RunnerOptions{Logger: slog.New(slog.DiscardHandler), LookupEnv: testEnv(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,20 @@
 // Package worker owns the lifecycle of one Celery-compatible worker process: it consumes
 // deliveries from a broker, turns each into a task run on a bounded pool of goroutines,
 // records the outcome in the result backend and only then settles the delivery (ack,
-// requeue or dead-letter). It also owns graceful shutdown.
+// requeue or dead-letter). It implements Celery's task semantics: ETA/countdown messages
+// held unacknowledged until due (raising the prefetch while held), expires and revocation,
+// soft and hard time limits, per-task rate limits, retries (published as Celery does),
+// link/link_error callbacks, chains, groups and chords (counted in Redis exactly as
+// Celery's Redis backend does). It also owns graceful shutdown.
+//
+// Life of a delivery:
+//
+//	received → revoked/expired? → REVOKED, acked
+//	         → ETA in the future? → scheduled (held, prefetch +1) until due
+//	         → reserved: waits for its rate-limit turn, then for a free slot (no slot is
+//	           held while rate-limited)
+//	         → active: the handler runs (soft limit cancels its context; hard limit
+//	           records FAILURE and abandons it) → outcome recorded → settled
 //
 // Components and shutdown order (senders before receivers, as asynq does):
 //
@@ -12,6 +25,10 @@
 //  4. hand-back  whatever is still running then is handed back; its late outcome is dropped.
 //
 // The caller closes the result backend and then the broker after Run returns.
+//
+// Seams for events, metrics and remote control: Config.Observers (one call per task
+// event), Snapshot (active, reserved and scheduled requests, totals, counters), Revoke
+// (with a pluggable RevokedStore) and SetFleetWideRateLimits.
 package worker
 
 import (
@@ -19,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -26,6 +44,7 @@ import (
 
 	"denis.io/fleet/internal/broker"
 	"denis.io/fleet/internal/protocol"
+	"denis.io/fleet/internal/ratelimit"
 	"denis.io/fleet/internal/result"
 	"denis.io/fleet/internal/tasks"
 )
@@ -39,7 +58,25 @@ type Config struct {
 	ShutdownTimeout    time.Duration // grace for running tasks at shutdown (default 25s)
 	Tasks              *tasks.Config // per-task settings (nil: defaults)
 	Logger             *slog.Logger
+
+	// DefaultQueue is where the worker publishes signatures (callbacks, chain steps,
+	// chord bodies, errbacks) whose options and task settings name no queue: Celery's
+	// task_default_queue (default "celery").
+	DefaultQueue string
+	// MaxETATasks bounds the ETA/countdown messages held in memory, each raising the
+	// prefetch by one (default 1000). Past it a message is handed back to the broker; one
+	// that comes straight back is held within the ordinary prefetch instead.
+	MaxETATasks int
+	// RateLimiter applies per-task rate limits; nil builds a per-worker one from Tasks.
+	RateLimiter *ratelimit.Limiter
+	// Revoked is the revoked-id store; nil means a MemoryRevoked (Celery's LimitedSet).
+	Revoked RevokedStore
+	// Observers are told about every task event.
+	Observers []Observer
 }
+
+// DefaultMaxETATasks is the default bound on held ETA messages.
+const DefaultMaxETATasks = 1000
 
 func (c *Config) setDefaults() {
 	if len(c.Queues) == 0 {
@@ -61,16 +98,28 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.DefaultQueue == "" {
+		c.DefaultQueue = "celery"
+	}
+	if c.MaxETATasks <= 0 {
+		c.MaxETATasks = DefaultMaxETATasks
+	}
 }
 
 // Worker runs tasks from a broker. Create it with New and call Run once.
 type Worker struct {
 	cfg      Config
 	broker   broker.Broker
-	results  result.Backend // nil: results disabled
+	results  result.Backend      // nil: results disabled
+	chords   result.ChordBackend // nil: the backend cannot count chords
 	registry *tasks.Registry
 	log      *slog.Logger
 	pid      int
+	origin   string // origin header of the messages the worker sends
+	limiter  *ratelimit.Limiter
+	revoked  RevokedStore
+	obs      observers
+	started  time.Time
 
 	slots   chan struct{} // one token per concurrency slot
 	aborted chan struct{} // closed by Abort
@@ -81,12 +130,26 @@ type Worker struct {
 	runCtx    context.Context
 	runCancel context.CancelCauseFunc
 
-	wg       sync.WaitGroup // every job goroutine (held, running, settling)
+	wg       sync.WaitGroup // every job goroutine (held, waiting, running, settling)
 	mu       sync.Mutex
-	inflight map[*job]struct{} // jobs not yet settled
+	inflight map[*job]struct{}    // jobs not yet settled
+	totals   map[string]int64     // tasks run to an outcome, by name
+	held     int                  // scheduled jobs raising the prefetch
+	bounced  map[string]time.Time // ETA messages handed back at the bound, by id
+
+	basePrefetch int
+	prefetchKick chan struct{}
+	prefetchNow  atomic.Int64
 
 	processed atomic.Int64
 	active    atomic.Int64
+	counters  counters
+}
+
+// counters are the worker's running totals (see Snapshot).
+type counters struct {
+	succeeded, failed, retried, revoked, expired, rejected, deadLettered,
+	timeLimited, abandonedNow, abandonedTotal atomic.Int64
 }
 
 // ErrShutdown is the cause of a task context cancelled because the worker stopped waiting.
@@ -96,17 +159,41 @@ var ErrShutdown = errors.New("worker shutting down")
 func New(cfg Config, b broker.Broker, results result.Backend, reg *tasks.Registry) *Worker {
 	cfg.setDefaults()
 	w := &Worker{
-		cfg:      cfg,
-		broker:   b,
-		results:  results,
-		registry: reg,
-		log:      cfg.Logger.With("hostname", cfg.Hostname),
-		pid:      os.Getpid(),
-		slots:    make(chan struct{}, cfg.Concurrency),
-		aborted:  make(chan struct{}),
-		inflight: make(map[*job]struct{}),
+		cfg:          cfg,
+		broker:       b,
+		results:      results,
+		registry:     reg,
+		log:          cfg.Logger.With("hostname", cfg.Hostname),
+		pid:          os.Getpid(),
+		origin:       protocol.AnonNodeName(),
+		limiter:      cfg.RateLimiter,
+		revoked:      cfg.Revoked,
+		obs:          observers(cfg.Observers),
+		slots:        make(chan struct{}, cfg.Concurrency),
+		aborted:      make(chan struct{}),
+		inflight:     make(map[*job]struct{}),
+		totals:       make(map[string]int64),
+		bounced:      make(map[string]time.Time),
+		basePrefetch: cfg.Concurrency * cfg.PrefetchMultiplier,
+		prefetchKick: make(chan struct{}, 1),
+	}
+	if cb, ok := results.(result.ChordBackend); ok {
+		w.chords = cb
+	}
+	if w.revoked == nil {
+		w.revoked = NewMemoryRevoked(0, 0)
+	}
+	if w.limiter == nil {
+		l, err := ratelimit.New(cfg.Tasks.RateLimits(), nil, cfg.Logger)
+		if err != nil {
+			// The configuration loader validated every rate; keep going without limits
+			// rather than refuse to run.
+			w.log.Error("rate limits ignored", "error", err)
+		}
+		w.limiter = l
 	}
 	w.runCtx, w.runCancel = context.WithCancelCause(context.Background())
+	w.prefetchNow.Store(int64(w.basePrefetch))
 	return w
 }
 
@@ -119,6 +206,14 @@ func (w *Worker) Processed() int64 { return w.processed.Load() }
 // Active is the number of tasks running now.
 func (w *Worker) Active() int64 { return w.active.Load() }
 
+// SetFleetWideRateLimits switches rate limits between per worker (false, Celery's
+// behaviour) and shared by the fleet through Redis (true); see package ratelimit.
+func (w *Worker) SetFleetWideRateLimits(on bool) {
+	if w.limiter != nil {
+		w.limiter.SetFleetWide(on)
+	}
+}
+
 // Abort ends a graceful shutdown early (a second signal): running tasks are cancelled and
 // handed back to the broker at once.
 func (w *Worker) Abort() {
@@ -130,13 +225,23 @@ func (w *Worker) Abort() {
 func (w *Worker) Run(ctx context.Context) error {
 	fetchCtx, stopFetching := context.WithCancel(context.Background())
 	defer stopFetching()
-	prefetch := w.cfg.Concurrency * w.cfg.PrefetchMultiplier
-	deliveries, err := w.broker.Consume(fetchCtx, w.cfg.Queues, prefetch)
+	deliveries, err := w.broker.Consume(fetchCtx, w.cfg.Queues, w.basePrefetch)
 	if err != nil {
 		return fmt.Errorf("worker: consume %v: %w", w.cfg.Queues, err)
 	}
+	w.started = time.Now()
+	prefetchCtx, stopPrefetch := context.WithCancel(context.Background())
+	prefetchDone := make(chan struct{})
+	go func() {
+		defer close(prefetchDone)
+		w.prefetchLoop(prefetchCtx)
+	}()
+	defer func() {
+		stopPrefetch()
+		<-prefetchDone
+	}()
 	w.log.Info("worker ready", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
-		"prefetch", prefetch, "results", w.results != nil)
+		"prefetch", w.basePrefetch, "results", w.results != nil, "chords", w.chords != nil)
 
 	w.dispatch(ctx, deliveries)
 
@@ -192,11 +297,13 @@ drain:
 	case <-done:
 	case <-time.After(2 * time.Second):
 	}
-	w.log.Info("worker stopped", "processed", w.processed.Load(), "handed_back_running", len(left))
+	w.log.Info("worker stopped", "processed", w.processed.Load(), "handed_back_running", len(left),
+		"abandoned_running", w.counters.abandonedNow.Load())
 	return nil
 }
 
-// dispatch reads deliveries until ctx is done or the channel closes.
+// dispatch reads deliveries until ctx is done or the channel closes. It never blocks on a
+// slot: the broker's prefetch bounds what is in progress.
 func (w *Worker) dispatch(ctx context.Context, deliveries <-chan *broker.Delivery) {
 	for {
 		select {
@@ -206,54 +313,208 @@ func (w *Worker) dispatch(ctx context.Context, deliveries <-chan *broker.Deliver
 			if !ok {
 				return
 			}
-			w.accept(ctx, d)
+			w.receive(ctx, d)
 		}
 	}
 }
 
-// accept decodes one delivery and starts its job. It blocks while every slot is busy,
-// which is what bounds the work in progress (the broker bounds the prefetch).
-func (w *Worker) accept(ctx context.Context, d *broker.Delivery) {
+// receive decodes one delivery and routes it: dead-lettered, revoked, scheduled or
+// reserved (Celery's worker/strategy.py).
+func (w *Worker) receive(ctx context.Context, d *broker.Delivery) {
 	t, err := protocol.Decode(d.Message)
 	if err != nil {
 		w.track(func() { w.rejectUndecodable(d, err) })
 		return
 	}
-	j := &job{d: d, t: t}
+	j := &job{d: d, t: t, tc: w.cfg.Tasks.For(t.Name), received: time.Now(), gone: make(chan struct{})}
 	w.mu.Lock()
 	w.inflight[j] = struct{}{}
 	w.mu.Unlock()
 
+	h, ok := w.registry.Lookup(t.Name)
+	if !ok {
+		w.track(func() { w.rejectUnknown(j) })
+		return
+	}
+	j.h = h
+	if reason := w.revokedReason(ctx, j); reason != "" {
+		w.track(func() { w.discard(j, reason) })
+		return
+	}
+	w.obs.received(j.info(w.cfg.Hostname))
 	if t.ETA != nil && time.Until(*t.ETA) > 0 {
-		w.track(func() { w.holdThenRun(ctx, j) })
+		w.schedule(ctx, j)
 		return
 	}
-	select {
-	case w.slots <- struct{}{}:
-	case <-ctx.Done():
-		w.handBack(j, "shutdown: not started")
-		return
-	}
-	w.track(func() {
-		defer func() { <-w.slots }()
-		w.execute(j)
-	})
+	w.track(func() { w.runReady(ctx, j) })
 }
 
-// holdThenRun keeps an ETA task (unacked) until it is due, then runs it in a slot.
-func (w *Worker) holdThenRun(ctx context.Context, j *job) {
+// revokedReason is "expired" or "revoked" for a task that must not run, "" otherwise.
+func (w *Worker) revokedReason(ctx context.Context, j *job) string {
+	if j.t.Expires != nil && time.Now().After(*j.t.Expires) {
+		return result.RevokedReasonExpired
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	revoked, err := w.revoked.Contains(rctx, j.t.ID)
+	if err != nil {
+		w.log.Warn("revoked-id store failed; treating the task as not revoked", "task_id", j.t.ID, "error", err)
+		return ""
+	}
+	if revoked {
+		return result.RevokedReasonRevoked
+	}
+	return ""
+}
+
+// bounceMemory is how long an ETA message handed back at the bound is remembered: if it
+// comes back within it, it is held anyway (within the ordinary prefetch) rather than
+// bounced in a loop.
+const bounceMemory = time.Minute
+
+// schedule holds an ETA task (unacked) until it is due. Each held message raises the
+// prefetch by one so that it does not take the place of a runnable one, up to
+// MaxETATasks.
+func (w *Worker) schedule(ctx context.Context, j *job) {
+	now := time.Now()
+	w.mu.Lock()
+	raise := w.held < w.cfg.MaxETATasks
+	if raise {
+		w.held++
+	} else {
+		at, seen := w.bounced[j.t.ID]
+		if !seen || now.Sub(at) > bounceMemory {
+			w.bounced[j.t.ID] = now
+			if len(w.bounced) > 4*w.cfg.MaxETATasks {
+				for id, t := range w.bounced {
+					if now.Sub(t) > bounceMemory {
+						delete(w.bounced, id)
+					}
+				}
+			}
+			w.mu.Unlock()
+			w.log.Info("ETA limit reached: handing the message back", "task_id", j.t.ID, "task", j.t.Name,
+				"eta", j.t.ETA, "held", w.cfg.MaxETATasks)
+			w.handBack(j, "eta limit reached")
+			return
+		}
+		delete(w.bounced, j.t.ID)
+	}
+	j.raised = raise
+	j.phase.Store(phaseScheduled)
+	w.mu.Unlock()
+	if raise {
+		w.kickPrefetch()
+	}
+	w.track(func() { w.hold(ctx, j) })
+}
+
+// hold waits for the task's ETA, then hands it to runReady.
+func (w *Worker) hold(ctx context.Context, j *job) {
 	timer := time.NewTimer(time.Until(*j.t.ETA))
 	defer timer.Stop()
+	var due bool
 	select {
 	case <-timer.C:
+		due = true
 	case <-ctx.Done():
+	case <-j.gone:
+	}
+	w.unhold(j)
+	switch {
+	case due:
+		j.phase.Store(phaseReserved)
+		w.runReady(ctx, j)
+	case ctx.Err() != nil:
 		w.handBack(j, "shutdown: eta not reached")
+	}
+}
+
+func (w *Worker) unhold(j *job) {
+	w.mu.Lock()
+	lower := j.raised
+	if lower {
+		j.raised = false
+		w.held--
+	}
+	w.mu.Unlock()
+	if lower {
+		w.kickPrefetch()
+	}
+}
+
+// kickPrefetch asks the prefetch loop to apply base + held.
+func (w *Worker) kickPrefetch() {
+	select {
+	case w.prefetchKick <- struct{}{}:
+	default:
+	}
+}
+
+// prefetchLoop applies prefetch changes one at a time, coalescing bursts (Celery's
+// qos.increment_eventually / decrement_eventually).
+func (w *Worker) prefetchLoop(ctx context.Context) {
+	applied := w.basePrefetch
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.prefetchKick:
+		}
+		w.mu.Lock()
+		want := w.basePrefetch + w.held
+		w.mu.Unlock()
+		if want == applied {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.broker.SetPrefetch(sctx, want)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, broker.ErrClosed) {
+				w.log.Warn("could not change the prefetch; will retry", "prefetch", want, "error", err)
+				time.AfterFunc(time.Second, w.kickPrefetch)
+			}
+			continue
+		}
+		applied = want
+		w.prefetchNow.Store(int64(want))
+		w.log.Debug("prefetch changed", "prefetch", want, "eta_held", want-w.basePrefetch)
+	}
+}
+
+// runReady runs a due task: it waits for its rate-limit turn (holding no slot), then for a
+// slot, and executes it.
+func (w *Worker) runReady(ctx context.Context, j *job) {
+	if j.state.Load() != stateOpen {
 		return
+	}
+	if w.limiter.Limited(j.t.Name) {
+		wait, err := w.limiter.Reserve(ctx, j.t.Name)
+		if err != nil {
+			w.handBack(j, "shutdown: waiting for its rate limit")
+			return
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				w.handBack(j, "shutdown: waiting for its rate limit")
+				return
+			case <-j.gone:
+				t.Stop()
+				return
+			}
+		}
 	}
 	select {
 	case w.slots <- struct{}{}:
 	case <-ctx.Done():
 		w.handBack(j, "shutdown: not started")
+		return
+	case <-j.gone:
 		return
 	}
 	defer func() { <-w.slots }()
@@ -271,6 +532,7 @@ func (w *Worker) track(f func()) {
 // handBack requeues a job nobody started.
 func (w *Worker) handBack(j *job, why string) {
 	if j.claim(stateHandedBack) {
+		j.markGone()
 		w.requeue(j.d, why)
 		w.forget(j)
 	}
@@ -300,12 +562,65 @@ func (w *Worker) settleError(op string, d *broker.Delivery, err error) {
 	w.log.Error("settling delivery failed; the broker will redeliver it", "op", op, "queue", d.Queue, "error", err)
 }
 
+// Revoke marks task ids as revoked (Celery's `revoke` control command). Revoked tasks that
+// have not started are discarded at once (REVOKED stored, message acked); those still to
+// arrive are discarded when they do. With terminate, running ones are stopped: their
+// context is cancelled with cause tasks.ErrTerminated, REVOKED ("terminated") is recorded
+// and their slot freed.
+func (w *Worker) Revoke(ctx context.Context, ids []string, terminate bool) error {
+	err := w.revoked.Add(ctx, ids...)
+	if err != nil {
+		err = fmt.Errorf("worker: revoke %v: %w", ids, err)
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	w.mu.Lock()
+	var hit []*job
+	for j := range w.inflight {
+		if want[j.t.ID] {
+			hit = append(hit, j)
+		}
+	}
+	w.mu.Unlock()
+	for _, j := range hit {
+		j.mu.Lock()
+		switch {
+		case j.phase.Load() == phaseActive:
+			if terminate && j.terminate != nil {
+				j.terminateOnce.Do(func() { close(j.terminate) })
+			}
+		case j.claim(stateFinishing):
+			j.markGone()
+			w.track(func() { w.finishRevoked(j, result.RevokedReasonRevoked, false) })
+		}
+		j.mu.Unlock()
+	}
+	return err
+}
+
 // job is one accepted delivery. Its state makes sure exactly one party settles it: the task
-// goroutine recording the outcome, or shutdown handing it back.
+// goroutine recording the outcome, revocation, or shutdown handing it back.
 type job struct {
-	d     *broker.Delivery
-	t     *protocol.Task
-	state atomic.Int32
+	d        *broker.Delivery
+	t        *protocol.Task
+	tc       tasks.TaskConfig
+	h        tasks.Handler
+	received time.Time
+	state    atomic.Int32
+	phase    atomic.Int32
+	raised   bool // counted in the prefetch raise; guarded by Worker.mu
+
+	gone     chan struct{} // closed once the job was settled by someone else before it ran
+	goneOnce sync.Once
+
+	mu            sync.Mutex // orders Revoke against the start of the run
+	started       time.Time
+	acked         bool          // acknowledged before running (acks_late off)
+	terminate     chan struct{} // closed by Revoke(terminate) while active
+	terminateOnce sync.Once
+	handler       atomic.Int32 // handlerRunning → handlerDone | handlerAbandoned
 }
 
 const (
@@ -314,4 +629,47 @@ const (
 	stateHandedBack
 )
 
+// Phases of a job, for Snapshot.
+const (
+	phaseReserved int32 = iota
+	phaseScheduled
+	phaseActive
+)
+
+const (
+	handlerRunning int32 = iota
+	handlerDone
+	handlerAbandoned
+)
+
 func (j *job) claim(s int32) bool { return j.state.CompareAndSwap(stateOpen, s) }
+
+func (j *job) markGone() { j.goneOnce.Do(func() { close(j.gone) }) }
+
+// info describes the job for observers and snapshots.
+func (j *job) info(hostname string) *TaskInfo {
+	t, d := j.t, j.d
+	ar, kr := t.ArgsRepr, t.KwargsRepr
+	if ar == "" {
+		ar = protocol.ReprArgs(t.Args)
+	}
+	if kr == "" {
+		kr = protocol.ReprKwargs(t.Kwargs)
+	}
+	return &TaskInfo{
+		ID: t.ID, Name: t.Name, Shadow: t.Shadow, ArgsRepr: ar, KwargsRepr: kr,
+		Args: t.Args, Kwargs: t.Kwargs, RootID: t.RootID, ParentID: t.ParentID, GroupID: t.Group,
+		Retries: t.Retries, ETA: t.ETA, Expires: t.Expires,
+		Queue: d.Queue, Exchange: d.Exchange, RoutingKey: d.RoutingKey,
+		Priority: int(d.Message.Properties.Priority), Redelivered: d.Redelivered,
+		Hostname: hostname, Received: j.received,
+	}
+}
+
+// jitter is rand.Int64N for the retry backoff.
+func jitter(n int64) int64 {
+	if n <= 0 {
+		return 0
+	}
+	return rand.Int64N(n)
+}

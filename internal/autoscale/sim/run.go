@@ -115,15 +115,8 @@ func (s Setup) runOne(ld *load, name string, seed uint64, tail func(autoscale.De
 	ph := rand.New(rand.NewPCG(seed, streamPhases))
 	samplePh, hbPh, scrapePh, ctlPh := ph.Float64(), ph.Float64(), ph.Float64(), ph.Float64()
 
-	var arrive func(i int)
-	arrive = func(i int) {
-		w.publish(ld.arrivals[i])
-		if i+1 < len(ld.arrivals) {
-			w.at(ld.arrivals[i+1].at, func() { arrive(i + 1) })
-		}
-	}
 	if len(ld.arrivals) > 0 {
-		w.at(ld.arrivals[0].at, func() { arrive(0) })
+		w.push(event{at: ld.arrivals[0].at, kind: evArrival})
 	}
 	w.every(time.Duration(samplePh*float64(p.SampleEvery)), p.SampleEvery, end, w.takeSample)
 	w.every(30*time.Second, 30*time.Second, end, w.updateTaskP99)

@@ -117,7 +117,34 @@ type world struct {
 	outage      bool
 	rolloutDone bool
 
+	tasks []task // one per arrival, allocated once per run
+
 	rec recorder
+}
+
+// runUntil processes events in order until the next one is at or after end; the clock then
+// reads end.
+func (w *world) runUntil(end time.Duration) {
+	for w.pending(end) {
+		e := w.pop()
+		w.now = e.at
+		switch e.kind {
+		case evFunc:
+			e.fn()
+		case evArrival:
+			w.publish(e.i)
+			if e.i+1 < len(w.ld.arrivals) {
+				w.push(event{at: w.ld.arrivals[e.i+1].at, kind: evArrival, i: e.i + 1})
+			}
+		case evComplete:
+			w.complete(e.t, e.p, e.gen)
+		case evPodReady:
+			w.podReady(e.p)
+		case evGrace:
+			w.graceOver(e.p)
+		}
+	}
+	w.now = end
 }
 
 func newWorld(p Params, ld *load, seed uint64, initial int) *world {
@@ -160,9 +187,15 @@ func (w *world) popFront() *task {
 	return t
 }
 
-func (w *world) publish(a arrival) {
+func (w *world) publish(i int) {
+	if w.tasks == nil {
+		w.tasks = make([]task, len(w.ld.arrivals))
+	}
+	a := w.ld.arrivals[i]
+	t := &w.tasks[i]
+	t.published, t.work = a.at, a.work
 	w.published++
-	w.pushBack(&task{published: a.at, work: a.work})
+	w.pushBack(t)
 	w.rec.depth(w)
 	w.dispatch()
 }
@@ -213,8 +246,7 @@ func (w *world) start(t *task, pd *pod) {
 	if pd.canary && w.tr.CanarySlowdown > 0 {
 		run = time.Duration(float64(run) * w.tr.CanarySlowdown)
 	}
-	gen := t.gen
-	w.at(w.now+run, func() { w.complete(t, pd, gen) })
+	w.push(event{at: w.now + run, kind: evComplete, t: t, p: pd, gen: t.gen})
 }
 
 func (w *world) complete(t *task, pd *pod, gen int) {
@@ -372,15 +404,17 @@ func (w *world) createPod(canary bool) {
 	pd := w.newPod(canary)
 	span := w.p.PodStartMax - w.p.PodStartMin
 	delay := w.p.PodStartMin + time.Duration(w.pods.Float64()*float64(span))
-	w.at(w.now+delay, func() {
-		if pd.state != podStarting {
-			return
-		}
-		pd.state, pd.readyAt = podReady, w.now
-		pd.cpuAt, pd.scrapeAt, pd.scrapeCum = w.now, w.now, pd.cpuCum
-		w.reconcile()
-		w.dispatch()
-	})
+	w.push(event{at: w.now + delay, kind: evPodReady, p: pd})
+}
+
+func (w *world) podReady(pd *pod) {
+	if pd.state != podStarting {
+		return
+	}
+	pd.state, pd.readyAt = podReady, w.now
+	pd.cpuAt, pd.scrapeAt, pd.scrapeCum = w.now, w.now, pd.cpuCum
+	w.reconcile()
+	w.dispatch()
 }
 
 // terminate deletes a pod: a starting pod goes at once; a ready one stops consuming, hands
@@ -410,25 +444,29 @@ func (w *world) terminate(pd *pod) {
 		w.dispatch()
 		return
 	}
-	w.at(w.now+w.p.Grace, func() {
-		if pd.state != podTerminating {
-			return
-		}
-		pd.integrateCPU(w)
-		w.integrateBusy()
-		for i := len(pd.running) - 1; i >= 0; i-- {
-			t := pd.running[i]
-			t.pod = nil
-			w.busy--
-			w.unacked--
-			w.pushFront(t)
-			w.rec.killed++
-		}
-		pd.running = nil
-		w.rec.depth(w)
-		w.gone(pd)
-		w.dispatch()
-	})
+	w.push(event{at: w.now + w.p.Grace, kind: evGrace, p: pd})
+	w.dispatch()
+}
+
+// graceOver kills what a terminating pod still runs when its grace period ends; the tasks
+// are redelivered.
+func (w *world) graceOver(pd *pod) {
+	if pd.state != podTerminating {
+		return
+	}
+	pd.integrateCPU(w)
+	w.integrateBusy()
+	for i := len(pd.running) - 1; i >= 0; i-- {
+		t := pd.running[i]
+		t.pod = nil
+		w.busy--
+		w.unacked--
+		w.pushFront(t)
+		w.rec.killed++
+	}
+	pd.running = nil
+	w.rec.depth(w)
+	w.gone(pd)
 	w.dispatch()
 }
 

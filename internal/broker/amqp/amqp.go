@@ -85,6 +85,8 @@ type Broker struct {
 
 	chanGen atomic.Uint64 // consume channel generations
 
+	fan fanoutPub // Broadcast's channel (fanout.go)
+
 	mu       sync.Mutex
 	consumer *consumer // the active Consume, if any
 	bgClosed bool      // no more background goroutines may start

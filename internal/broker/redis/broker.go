@@ -404,8 +404,7 @@ func (b *Broker) fetch(ctx context.Context, rr *roundRobin) (*broker.Delivery, e
 func (b *Broker) adopt(ctx context.Context, queue string, item []byte, tag string, rec []byte) *broker.Delivery {
 	env, err := decodeEnvelope(item)
 	if err != nil {
-		b.dropUndecodable(ctx, queue, item, tag, err)
-		return nil
+		return b.adoptInvalid(ctx, queue, item, tag, err)
 	}
 	return b.hold(queue, item, tag, rec, env)
 }
@@ -415,15 +414,15 @@ func (b *Broker) adopt(ctx context.Context, queue string, item []byte, tag strin
 func (b *Broker) adoptUnleased(ctx context.Context, queue string, item []byte) *broker.Delivery {
 	env, err := decodeEnvelope(item)
 	if err != nil {
-		b.log.Error("redis: dropped an undecodable message", "queue", queue, "err", err, "envelope", string(item))
-		return nil
+		return b.adoptInvalid(ctx, queue, item, "", err)
 	}
 	if env.tag == "" {
 		env.tag = newTag()
-		if item, err = setDeliveryTag(item, env.tag); err != nil {
-			b.log.Error("redis: dropped a message without delivery_tag", "queue", queue, "err", err, "envelope", string(item))
-			return nil
+		tagged, err := setDeliveryTag(item, env.tag)
+		if err != nil {
+			return b.adoptInvalid(ctx, queue, item, "", fmt.Errorf("no delivery_tag, and none can be set: %w", err))
 		}
+		item = tagged
 	}
 	rec, err := makeRecord(item, env.exchange, env.routingKey)
 	if err != nil {
@@ -461,15 +460,6 @@ func (b *Broker) recordLease(ctx context.Context, tag string, rec []byte) error 
 		if !sleep(rctx, bo.next()) {
 			return fmt.Errorf("redis: record lease %s: %w", tag, err)
 		}
-	}
-}
-
-func (b *Broker) dropUndecodable(ctx context.Context, queue string, item []byte, tag string, derr error) {
-	b.log.Error("redis: dropped an undecodable message", "queue", queue, "tag", tag, "err", derr, "envelope", string(item))
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBudget)
-	defer cancel()
-	if err := b.removeLease(rctx, tag); err != nil {
-		b.log.Warn("redis: could not remove the lease of a dropped message", "tag", tag, "err", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/protocol"
 )
 
 func TestNewErrors(t *testing.T) {
@@ -593,6 +594,12 @@ func TestOddEnvelopes(t *testing.T) {
 		`{"body": "plain", "content-type": "text/plain", "headers": {"id": "untagged", "v": NaN}, "properties": {"delivery_info": {"exchange": "", "routing_key": "`+q+`"}}}`)
 	f.publish(b, q, msg("normal", 0))
 	ch, _ := f.consume(b, 0, q)
+	// The garbage is not dropped: it comes as an invalid-envelope message (see invalid_test.go).
+	d0 := recv(t, ch)
+	if d0.Message.ContentType != protocol.ContentTypeInvalidEnvelope || string(d0.Message.Body) != "not json at all" {
+		t.Fatalf("garbage delivered as %q %q", d0.Message.ContentType, d0.Message.Body)
+	}
+	ack(t, b, d0)
 	d1, d2 := recv(t, ch), recv(t, ch)
 	if idOf(d1) != "untagged" || string(d1.Message.Body) != "plain" || d1.Message.Headers["v"] != nil || idOf(d2) != "normal" {
 		t.Fatalf("got %q %q %q", idOf(d1), d1.Message.Body, idOf(d2))

@@ -30,6 +30,7 @@
 // to their priority's sub-list rather than always the bare queue; a lease that cannot be
 // routed is left in place (kombu drops it); restores compare the lease record first, so
 // a tag that someone else re-leased is never restored twice; publishing to a named
-// exchange gives each bound queue its own delivery tag. Publishing to a named exchange
-// routes direct only (fanout over pub/sub is not implemented here).
+// exchange gives each bound queue its own delivery tag. Publish to a named exchange
+// routes direct only; Celery's fanout traffic (events, pidbox) goes through Broadcast and
+// Subscribe over pub/sub (fanout.go).
 package redis

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"time"
+)
+
+// config is one comparison's settings.
+type config struct {
+	Rounds     int
+	NGo, NPy   int
+	Brokers    []string // amqp, redis
+	Results    []string // off, on
+	Contenders []string // worker, celery, ceiling, variant names; run in this order in round 1
+	Variants   []variant
+	Prefetch   int
+	MinDrain   time.Duration
+	Quick      bool
+	JSONPath   string
+
+	AMQPURL             string
+	RedisAddr           string
+	BrokerDB, ResultsDB int
+	Python              string
+	WorkerBin           string // empty: build ./cmd/worker
+	ProfileDir          string
+	RunTimeout          time.Duration
+	LockWait            time.Duration
+
+	Out io.Writer    // the report; default stdout
+	Log *slog.Logger // progress; default warnings and up on stderr
+}
+
+// variant is an extra worker contender: the plain worker's flags plus Args.
+type variant struct {
+	Name string
+	Args []string
+}
+
+// Contender names.
+const (
+	cWorker  = "worker"
+	cCelery  = "celery"
+	cCeiling = "ceiling"
+)
+
+// workerDefaultConcurrency is the worker's -c default; the bench keeps it and sets only
+// --prefetch-multiplier so that concurrency × multiplier equals the ceiling's prefetch.
+const workerDefaultConcurrency = 8
+
+// celeryConcurrency is the Python worker's prefork pool size (-c 2, as in the issue).
+const celeryConcurrency = 2
+
+func defaultConfig() config {
+	return config{
+		Rounds:     3,
+		NGo:        100000,
+		NPy:        15000,
+		Brokers:    []string{"amqp", "redis"},
+		Results:    []string{"off", "on"},
+		Contenders: []string{cWorker, cCelery, cCeiling},
+		Prefetch:   1000,
+		MinDrain:   5 * time.Second,
+		AMQPURL:    "amqp://guest:guest@127.0.0.1:5672//",
+		RedisAddr:  "127.0.0.1:6379",
+		BrokerDB:   9,
+		ResultsDB:  10,
+		Python:     "/usr/bin/python3",
+		RunTimeout: 10 * time.Minute,
+		LockWait:   15 * time.Minute,
+	}
+}
+
+func (c *config) validate() error {
+	var errs []error
+	if c.Rounds < 1 {
+		errs = append(errs, errors.New("--rounds must be >= 1"))
+	}
+	if c.NGo < 1 || c.NPy < 1 {
+		errs = append(errs, errors.New("--n-go and --n-py must be >= 1"))
+	}
+	for _, b := range c.Brokers {
+		if b != "amqp" && b != "redis" {
+			errs = append(errs, fmt.Errorf("--brokers: unknown broker %q (amqp, redis)", b))
+		}
+	}
+	for _, r := range c.Results {
+		if r != "off" && r != "on" {
+			errs = append(errs, fmt.Errorf("--results: unknown mode %q (off, on)", r))
+		}
+	}
+	if len(c.Brokers) == 0 || len(c.Results) == 0 || len(c.Contenders) == 0 {
+		errs = append(errs, errors.New("--brokers, --results and --contenders must not be empty"))
+	}
+	known := []string{cWorker, cCelery, cCeiling}
+	for _, v := range c.Variants {
+		if slices.Contains(known, v.Name) {
+			errs = append(errs, fmt.Errorf("--variant %q: name taken", v.Name))
+		}
+		known = append(known, v.Name)
+	}
+	for _, n := range c.Contenders {
+		if !slices.Contains(known, n) {
+			errs = append(errs, fmt.Errorf("--contenders: unknown contender %q (known: %v)", n, known))
+		}
+	}
+	if c.Prefetch < celeryConcurrency || c.Prefetch%workerDefaultConcurrency != 0 || c.Prefetch%celeryConcurrency != 0 {
+		errs = append(errs, fmt.Errorf("--prefetch %d must be a multiple of %d (worker -c) and %d (celery -c)",
+			c.Prefetch, workerDefaultConcurrency, celeryConcurrency))
+	}
+	if c.BrokerDB == c.ResultsDB {
+		errs = append(errs, errors.New("the broker and results Redis DBs must differ"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *config) withDefaults() {
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+}
+
+func (c *config) variant(name string) (variant, bool) {
+	for _, v := range c.Variants {
+		if v.Name == name {
+			return v, true
+		}
+	}
+	return variant{}, false
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// proc is a contender process, started in its own process group.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	stdout *tailBuffer
+	output *tailBuffer // stdout and stderr interleaved, for error reports
+	done   chan struct{}
+	err    error
+}
+
+func startProc(name string, argv, env []string, dir string) (*proc, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := &proc{name: name, cmd: cmd, stdout: newTailBuffer(16 << 10), output: newTailBuffer(16 << 10), done: make(chan struct{})}
+	cmd.Stdout = multiWriter{p.stdout, p.output}
+	cmd.Stderr = p.output
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+type multiWriter []*tailBuffer
+
+func (m multiWriter) Write(b []byte) (int, error) {
+	for _, w := range m {
+		_, _ = w.Write(b)
+	}
+	return len(b), nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// exited reports whether the process has ended (and with what).
+func (p *proc) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// stop asks for a warm shutdown (SIGTERM) and kills the process group if it has not
+// exited within grace. It reports an error when the process had to be killed.
+func (p *proc) stop(grace time.Duration) error {
+	if done, _ := p.exited(); done {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(grace):
+	}
+	p.killGroup() // the leader is not reaped yet, so the group id is still ours
+	<-p.done
+	return fmt.Errorf("%s did not exit within %s of SIGTERM; killed", p.name, grace)
+}
+
+// killGroup kills the process group our child leads (it and e.g. its pool children).
+func (p *proc) killGroup() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// rssSampler tracks the peak RSS of a process tree: VmHWM of every process seen in it
+// (the root and its descendants, e.g. Python's prefork children), sampled periodically.
+type rssSampler struct {
+	root   int
+	mu     sync.Mutex
+	hwm    map[int]int64 // pid → highest VmHWM seen, KiB
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	nprocs int
+}
+
+func newRSSSampler(root int, every time.Duration) *rssSampler {
+	s := &rssSampler{root: root, hwm: make(map[int]int64), stop: make(chan struct{})}
+	s.sample()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				s.sample()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) sample() {
+	pids := processTree(s.root)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, pid := range pids {
+		if kb, ok := vmHWM(pid); ok && kb > s.hwm[pid] {
+			s.hwm[pid] = kb
+		}
+	}
+	s.nprocs = max(s.nprocs, len(pids))
+}
+
+// finish takes a last sample, stops sampling and returns the summed peak in MiB and the
+// largest number of processes seen at once.
+func (s *rssSampler) finish() (mib float64, procs int) {
+	s.sample()
+	close(s.stop)
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var kb int64
+	for _, v := range s.hwm {
+		kb += v
+	}
+	return float64(kb) / 1024, s.nprocs
+}
+
+// processTree lists root and all its live descendants.
+func processTree(root int) []int {
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children(out[i])...)
+	}
+	return out
+}
+
+// children lists pid's child processes from /proc/<pid>/task/*/children.
+func children(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, s := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(s); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// vmHWM reads the peak resident set size (KiB) of pid.
+func vmHWM(pid int) (int64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				return 0, false
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			return kb, err == nil
+		}
+	}
+	return 0, false
+}
+
+// goBuild builds a main package of the module into dir, as `make build` does.
+func goBuild(ctx context.Context, root, pkg, out string) error {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		return errors.New("the go command is not on PATH (needed to build the bench binaries)")
+	}
+	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+	cmd.Dir = root
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, buf.String())
+	}
+	return nil
+}
+
+// moduleRoot finds the directory of the fleet module's go.mod from the working directory.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("module root: %w", err)
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.Contains(b, []byte("module denis.io/fleet")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("module root: no go.mod of denis.io/fleet above the working directory")
+		}
+		dir = parent
+	}
+}

@@ -1,0 +1,382 @@
+// Package events makes a Go worker visible to Celery's monitoring exactly as a Python
+// worker is (celery-protocol.md §8): it publishes worker-online, a worker-heartbeat every
+// freq seconds and worker-offline, and the task-* events batched as task.multi messages,
+// on the `celeryev` exchange (AMQP: durable topic; Redis: pub/sub), with Celery's fields
+// (hostname, utcoffset as Celery computes it, pid, Lamport clock, timestamp, and the
+// software and load fields Flower shows). `celery events`, `events.State`, Flower and
+// celery-exporter read them unchanged.
+//
+// It also keeps the fleet's own liveness record, the "worker_seen" key per worker in
+// Redis with a TTL (seen.go), which fleetctl and the autoscaler list without an events
+// consumer.
+package events
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/protocol"
+)
+
+// Exchange is the events exchange as Celery declares it on AMQP (§3.1); the Redis
+// transport publishes it over pub/sub.
+var Exchange = broker.Exchange{Name: "celeryev", Kind: broker.KindTopic, Durable: true}
+
+// Defaults, as Celery's.
+const (
+	DefaultFreq        = 2 * time.Second // worker heartbeat interval (--heartbeat-interval)
+	DefaultBufferLimit = 24              // task events per task.multi message
+	DefaultMaxBuffered = 10000           // task events kept while the broker is unreachable
+	publishTimeout     = 5 * time.Second
+)
+
+// Stats are the live counters a heartbeat carries.
+type Stats struct {
+	Active    int64 // requests executing now
+	Processed int64 // requests run to an outcome since start
+}
+
+// Software identifies the worker in worker events (Flower shows these).
+type Software struct {
+	Ident   string // sw_ident; default "fleet-go"
+	Version string // sw_ver
+	System  string // sw_sys; default platform.system() of Go's GOOS ("Linux")
+}
+
+// Config configures a Dispatcher. Zero values take Celery's defaults.
+type Config struct {
+	Hostname string // the node name, e.g. fleet@host
+	// Freq is the heartbeat interval (default 2 s); it is sent as `freq`.
+	Freq time.Duration
+	// TaskEvents sends task-* events (Celery's -E); EnableTaskEvents changes it live.
+	TaskEvents bool
+	// WithoutHeartbeat sends no worker-online/heartbeat/offline events (Celery's
+	// --without-heartbeat). The Beat callbacks still run every Freq.
+	WithoutHeartbeat bool
+	Software         Software
+	// Clock is the node's Lamport clock, shared with remote control; nil: a new one.
+	Clock *Clock
+	// Stats reads active and processed for heartbeats; nil: zeros.
+	Stats func() Stats
+	// Beat callbacks run on every heartbeat tick (and once at Start) with the tick time:
+	// the Redis worker_seen key, the last-heartbeat metric.
+	Beat   []func(ctx context.Context, now time.Time)
+	Logger *slog.Logger
+	// BufferLimit is the most task events in one task.multi message (default 24, Celery's).
+	BufferLimit int
+	// MaxBuffered bounds the task events held while publishing lags or fails; the oldest
+	// are dropped beyond it (default 10000).
+	MaxBuffered int
+}
+
+// Dispatcher publishes the worker's events. Task event methods never block the caller:
+// events are buffered and a background flusher publishes them in batches.
+type Dispatcher struct {
+	cfg    Config
+	fan    broker.Fanout
+	log    *slog.Logger
+	clock  *Clock
+	pid    int
+	taskOn atomic.Bool
+
+	mu      sync.Mutex
+	buf     []map[string]any
+	dropped uint64
+	kick    chan struct{} // capacity 1: a flush is wanted
+
+	failing atomic.Bool // publishing is failing; logged once per streak
+
+	runMu   sync.Mutex
+	stop    context.CancelFunc
+	done    chan struct{}
+	started bool
+}
+
+// New returns a dispatcher publishing through fan.
+func New(fan broker.Fanout, cfg Config) *Dispatcher {
+	if cfg.Freq <= 0 {
+		cfg.Freq = DefaultFreq
+	}
+	if cfg.BufferLimit <= 0 {
+		cfg.BufferLimit = DefaultBufferLimit
+	}
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = DefaultMaxBuffered
+	}
+	if cfg.Software.Ident == "" {
+		cfg.Software.Ident = "fleet-go"
+	}
+	if cfg.Software.System == "" {
+		cfg.Software.System = SystemName()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = &Clock{}
+	}
+	d := &Dispatcher{
+		cfg:   cfg,
+		fan:   fan,
+		log:   cfg.Logger.With("component", "events"),
+		clock: cfg.Clock,
+		pid:   os.Getpid(),
+		kick:  make(chan struct{}, 1),
+	}
+	d.taskOn.Store(cfg.TaskEvents)
+	return d
+}
+
+// Clock is the node's Lamport clock.
+func (d *Dispatcher) Clock() *Clock { return d.clock }
+
+// Freq is the heartbeat interval.
+func (d *Dispatcher) Freq() time.Duration { return d.cfg.Freq }
+
+// TaskEventsEnabled reports whether task events are sent.
+func (d *Dispatcher) TaskEventsEnabled() bool { return d.taskOn.Load() }
+
+// EnableTaskEvents turns task events on or off (the enable_events and disable_events
+// control commands).
+func (d *Dispatcher) EnableTaskEvents(on bool) {
+	if d.taskOn.Swap(on) != on {
+		d.log.Info("task events switched", "enabled", on)
+	}
+}
+
+// Start sends worker-online, runs the Beat callbacks once and starts the heartbeat and
+// flush loops. Call Stop to end them.
+func (d *Dispatcher) Start(ctx context.Context) {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
+	if d.started {
+		return
+	}
+	d.started = true
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.stop, d.done = cancel, make(chan struct{})
+	now := time.Now()
+	d.beat(ctx, now)
+	if !d.cfg.WithoutHeartbeat {
+		d.sendWorker(ctx, "worker-online", now, d.cfg.Freq)
+	}
+	go d.loop(lctx)
+}
+
+// Stop flushes the buffered task events, sends worker-offline and ends the loops. It
+// returns when done or when ctx ends.
+func (d *Dispatcher) Stop(ctx context.Context) {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
+	if !d.started || d.stop == nil {
+		return
+	}
+	d.stop()
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+	}
+	d.stop = nil
+	d.flush(ctx)
+	if !d.cfg.WithoutHeartbeat {
+		d.sendWorker(ctx, "worker-offline", time.Now(), d.cfg.Freq)
+	}
+}
+
+// SendHeartbeat sends one extra worker-heartbeat with the given freq (the `heartbeat`
+// control command sends freq 5, as Celery does).
+func (d *Dispatcher) SendHeartbeat(ctx context.Context, freq time.Duration) {
+	if !d.cfg.WithoutHeartbeat {
+		d.sendWorker(ctx, "worker-heartbeat", time.Now(), freq)
+	}
+}
+
+func (d *Dispatcher) loop(ctx context.Context) {
+	defer close(d.done)
+	t := time.NewTicker(d.cfg.Freq)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			d.beat(ctx, now)
+			if !d.cfg.WithoutHeartbeat {
+				d.sendWorker(ctx, "worker-heartbeat", now, d.cfg.Freq)
+			}
+		case <-d.kick:
+			d.flush(ctx)
+		}
+	}
+}
+
+func (d *Dispatcher) beat(ctx context.Context, now time.Time) {
+	for _, b := range d.cfg.Beat {
+		b(ctx, now)
+	}
+}
+
+// sendWorker publishes one worker-* event with the fields of §8.3.
+func (d *Dispatcher) sendWorker(ctx context.Context, typ string, now time.Time, freq time.Duration) {
+	var st Stats
+	if d.cfg.Stats != nil {
+		st = d.cfg.Stats()
+	}
+	ev := d.event(typ, now)
+	ev["freq"] = freq.Seconds()
+	ev["active"] = st.Active
+	ev["processed"] = st.Processed
+	ev["loadavg"] = LoadAverage()
+	ev["sw_ident"] = d.cfg.Software.Ident
+	ev["sw_ver"] = d.cfg.Software.Version
+	ev["sw_sys"] = d.cfg.Software.System
+	d.publish(ctx, strings.ReplaceAll(typ, "-", "."), ev)
+}
+
+// event returns the fields every event carries (Celery's EventDispatcher.publish).
+func (d *Dispatcher) event(typ string, now time.Time) map[string]any {
+	return map[string]any{
+		"type":      typ,
+		"hostname":  d.cfg.Hostname,
+		"utcoffset": UTCOffset(now),
+		"pid":       d.pid,
+		"clock":     d.clock.Forward(),
+		"timestamp": epoch(now),
+	}
+}
+
+// Task buffers a task-* event (typ such as "task-succeeded") with its fields; it is sent
+// in the next task.multi batch. It does nothing while task events are disabled.
+func (d *Dispatcher) Task(typ string, fields map[string]any) {
+	if !d.taskOn.Load() {
+		return
+	}
+	ev := d.event(typ, time.Now())
+	for k, v := range fields {
+		ev[k] = v
+	}
+	d.mu.Lock()
+	if len(d.buf) >= d.cfg.MaxBuffered {
+		d.buf = d.buf[1:]
+		d.dropped++
+	}
+	d.buf = append(d.buf, ev)
+	d.mu.Unlock()
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flush publishes every buffered task event, BufferLimit per task.multi message.
+func (d *Dispatcher) flush(ctx context.Context) {
+	d.mu.Lock()
+	buf := d.buf
+	d.buf = nil
+	dropped := d.dropped
+	d.dropped = 0
+	d.mu.Unlock()
+	if dropped > 0 {
+		d.log.Warn("task events dropped: publishing could not keep up", "dropped", dropped)
+	}
+	for len(buf) > 0 {
+		n := min(len(buf), d.cfg.BufferLimit)
+		batch := make([]any, n)
+		for i, ev := range buf[:n] {
+			batch[i] = ev
+		}
+		buf = buf[n:]
+		d.publish(ctx, "task.multi", batch)
+	}
+}
+
+// publish sends one event message: JSON body, content type application/json, delivery
+// mode 1 (transient) and the `hostname` header, as Celery's dispatcher does.
+func (d *Dispatcher) publish(ctx context.Context, routingKey string, body any) {
+	data, err := protocol.MarshalJSON(body)
+	if err != nil {
+		d.log.Error("event not serialisable", "routing_key", routingKey, "err", err)
+		return
+	}
+	m := &protocol.Message{
+		ContentType:     "application/json",
+		ContentEncoding: "utf-8",
+		Properties:      protocol.Properties{DeliveryMode: 1},
+		Headers:         map[string]any{"hostname": d.cfg.Hostname},
+		Body:            data,
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	if err := d.fan.Broadcast(pctx, Exchange, routingKey, m); err != nil {
+		if !d.failing.Swap(true) {
+			d.log.Warn("publishing events failed; events are dropped until the broker is back", "routing_key", routingKey, "err", err)
+		}
+		return
+	}
+	if d.failing.Swap(false) {
+		d.log.Info("publishing events recovered")
+	}
+}
+
+// UTCOffset is Celery's utcoffset(): time.timezone // 3600 (time.altzone during DST),
+// i.e. hours west of UTC, floored. UTC gives 0, Asia/Tokyo -9, America/New_York 5 (4 in
+// summer), Asia/Kolkata -6.
+func UTCOffset(t time.Time) int {
+	_, east := t.Zone()
+	return int(math.Floor(float64(-east) / 3600))
+}
+
+// LoadAverage is Celery's load_average(): the 1, 5 and 15 minute load averages rounded up
+// to two decimals, zeros when /proc/loadavg cannot be read.
+func LoadAverage() []float64 {
+	out := []float64{0, 0, 0}
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return out
+	}
+	for i, f := range strings.Fields(string(data)) {
+		if i == 3 {
+			break
+		}
+		if v, err := strconv.ParseFloat(f, 64); err == nil {
+			out[i] = math.Ceil(v*100) / 100
+		}
+	}
+	return out
+}
+
+// SystemName is Python's platform.system() for the running OS ("Linux", "Darwin").
+func SystemName() string {
+	switch runtime.GOOS {
+	case "darwin":
+		return "Darwin"
+	case "windows":
+		return "Windows"
+	}
+	if runtime.GOOS == "" {
+		return ""
+	}
+	return strings.ToUpper(runtime.GOOS[:1]) + runtime.GOOS[1:]
+}
+
+func epoch(t time.Time) float64 { return float64(t.UnixMicro()) / 1e6 }
+
+// ExceptionRepr is the Python repr of an exception of type typ with args, as Celery puts
+// it in task-failed and task-retried (`RuntimeError('boom')`).
+func ExceptionRepr(typ string, args []any) string {
+	parts := make([]string, len(args))
+	for i, a := range args {
+		parts[i] = protocol.Repr(a)
+	}
+	return fmt.Sprintf("%s(%s)", typ, strings.Join(parts, ", "))
+}

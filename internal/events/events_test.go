@@ -1,0 +1,311 @@
+package events
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/connect"
+	"denis.io/fleet/internal/protocol"
+)
+
+// Real services; Redis DBs 5 and 6 belong to the observability tests.
+const (
+	amqpURL       = "amqp://guest:guest@127.0.0.1:5672//"
+	redisBrokerDB = 5
+	redisStateDB  = 6
+)
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// fanouts opens both transports; Redis gets a unique global key prefix, which kombu also
+// applies to the pub/sub channels, so parallel runs do not see each other's events.
+func fanouts(t *testing.T) map[string]broker.Fanout {
+	t.Helper()
+	out := map[string]broker.Fanout{}
+	for name, url := range map[string]string{
+		"amqp":  amqpURL,
+		"redis": "redis://127.0.0.1:6379/5",
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		b, err := connect.Broker(ctx, url, connect.BrokerOptions{KeyPrefix: "evtest" + randHex(4) + ":", Logger: quietLogger()})
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		out[name] = b.(broker.Fanout)
+	}
+	return out
+}
+
+// listen subscribes to every event (binding key "#", as `celery events` binds) and decodes
+// each message into the events it carries, keeping those of host.
+func listen(t *testing.T, ctx context.Context, f broker.Fanout, host string) <-chan map[string]any {
+	t.Helper()
+	msgs, err := f.Subscribe(ctx, broker.Binding{Exchange: Exchange, Queue: "celeryev." + protocol.NewUUID(), Key: "#",
+		MessageTTL: 5 * time.Second, Expires: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan map[string]any, 1000)
+	go func() {
+		defer close(out)
+		for m := range msgs {
+			if m.Headers["hostname"] != host || m.ContentType != "application/json" || m.Properties.DeliveryMode != 1 {
+				continue
+			}
+			var v any
+			if err := json.Unmarshal(m.Body, &v); err != nil {
+				t.Errorf("event body is not JSON: %s", m.Body)
+				continue
+			}
+			switch x := v.(type) {
+			case map[string]any:
+				out <- x
+			case []any:
+				for _, e := range x {
+					ev := e.(map[string]any)
+					ev["_batched"] = len(x)
+					out <- ev
+				}
+			}
+		}
+	}()
+	return out
+}
+
+func next(t *testing.T, ch <-chan map[string]any, typ string, within time.Duration) map[string]any {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				t.Fatalf("subscription closed waiting for %s", typ)
+			}
+			if ev["type"] == typ {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no %s within %s", typ, within)
+		}
+	}
+}
+
+// TestDispatcherWireFormat pins §8 on both brokers: worker-online, worker-heartbeat every
+// freq and worker-offline with every field Celery sends (hostname, utcoffset, pid, clock,
+// timestamp, type, freq, active, processed, loadavg, sw_ident, sw_ver, sw_sys), the clock
+// increasing; task events buffered and sent as JSON lists under task.multi with their own
+// fields plus the common ones; nothing sent for task events while they are disabled.
+func TestDispatcherWireFormat(t *testing.T) {
+	for name, f := range fanouts(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			host := "evtest-" + randHex(4) + "@test"
+			evs := listen(t, ctx, f, host)
+			var beats atomic.Int32
+			d := New(f, Config{
+				Hostname: host, Freq: 300 * time.Millisecond, TaskEvents: true,
+				Software: Software{Version: "1.2.3"},
+				Stats:    func() Stats { return Stats{Active: 2, Processed: 7} },
+				Beat:     []func(context.Context, time.Time){func(context.Context, time.Time) { beats.Add(1) }},
+				Logger:   quietLogger(),
+			})
+			d.Start(ctx)
+			online := next(t, evs, "worker-online", 5*time.Second)
+			hb := next(t, evs, "worker-heartbeat", 5*time.Second)
+			for _, ev := range []map[string]any{online, hb} {
+				for _, k := range []string{"hostname", "utcoffset", "pid", "clock", "timestamp", "type", "freq",
+					"active", "processed", "loadavg", "sw_ident", "sw_ver", "sw_sys"} {
+					if _, ok := ev[k]; !ok {
+						t.Errorf("%s lacks %s: %v", ev["type"], k, ev)
+					}
+				}
+			}
+			if hb["freq"] != 0.3 || hb["active"] != 2.0 || hb["processed"] != 7.0 || hb["sw_ver"] != "1.2.3" ||
+				hb["sw_ident"] != "fleet-go" || hb["sw_sys"] != "Linux" || hb["hostname"] != host {
+				t.Errorf("heartbeat fields: %v", hb)
+			}
+			if la, _ := hb["loadavg"].([]any); len(la) != 3 {
+				t.Errorf("loadavg %v", hb["loadavg"])
+			}
+			if hb["clock"].(float64) <= online["clock"].(float64) {
+				t.Errorf("clock did not advance: %v then %v", online["clock"], hb["clock"])
+			}
+
+			for i := range 30 {
+				d.Task("task-succeeded", map[string]any{"uuid": "id-" + string(rune('a'+i%26)), "result": "5", "runtime": 0.01, "queue": "q"})
+			}
+			got := 0
+			for got < 30 {
+				ev := next(t, evs, "task-succeeded", 5*time.Second)
+				got++
+				if n := ev["_batched"].(int); n < 1 || n > DefaultBufferLimit {
+					t.Fatalf("batch of %d events", n)
+				}
+				if ev["queue"] != "q" || ev["result"] != "5" || ev["hostname"] != host || ev["clock"] == nil || ev["timestamp"] == nil {
+					t.Fatalf("task event %v", ev)
+				}
+			}
+
+			d.EnableTaskEvents(false)
+			d.Task("task-received", map[string]any{"uuid": "hidden"})
+			d.EnableTaskEvents(true)
+			d.Task("task-received", map[string]any{"uuid": "shown"})
+			if ev := next(t, evs, "task-received", 5*time.Second); ev["uuid"] != "shown" {
+				t.Fatalf("task event sent while disabled: %v", ev)
+			}
+
+			d.Stop(ctx)
+			off := next(t, evs, "worker-offline", 5*time.Second)
+			if off["hostname"] != host {
+				t.Fatalf("offline %v", off)
+			}
+			if beats.Load() < 2 {
+				t.Errorf("beat callbacks ran %d times", beats.Load())
+			}
+		})
+	}
+}
+
+// TestWithoutHeartbeat: --without-heartbeat sends no worker-* events but still runs the
+// Beat callbacks (the worker_seen key stays fresh).
+func TestWithoutHeartbeat(t *testing.T) {
+	f := fanouts(t)["redis"]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	host := "evtest-" + randHex(4) + "@test"
+	evs := listen(t, ctx, f, host)
+	var beats atomic.Int32
+	d := New(f, Config{Hostname: host, Freq: 100 * time.Millisecond, WithoutHeartbeat: true, Logger: quietLogger(),
+		Beat: []func(context.Context, time.Time){func(context.Context, time.Time) { beats.Add(1) }}})
+	d.Start(ctx)
+	time.Sleep(500 * time.Millisecond)
+	d.Stop(ctx)
+	select {
+	case ev := <-evs:
+		t.Fatalf("event sent without heartbeat: %v", ev)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if beats.Load() < 3 {
+		t.Fatalf("beat callbacks ran %d times", beats.Load())
+	}
+}
+
+func TestUTCOffset(t *testing.T) {
+	tests := []struct {
+		zone string
+		when time.Time
+		want int
+	}{
+		{"UTC", time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC), 0},
+		{"Asia/Tokyo", time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC), -9},
+		{"America/New_York", time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC), 5},
+		{"America/New_York", time.Date(2026, 7, 15, 12, 0, 0, 0, time.UTC), 4},
+		{"Asia/Kolkata", time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC), -6},
+		{"America/St_Johns", time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC), 3},
+	}
+	for _, tc := range tests {
+		loc, err := time.LoadLocation(tc.zone)
+		if err != nil {
+			t.Skipf("no tzdata for %s: %v", tc.zone, err)
+		}
+		if got := UTCOffset(tc.when.In(loc)); got != tc.want {
+			t.Errorf("%s at %s: utcoffset %d, want %d", tc.zone, tc.when.Format("Jan"), got, tc.want)
+		}
+	}
+}
+
+func TestClock(t *testing.T) {
+	var c Clock
+	steps := []struct {
+		op   string
+		arg  int64
+		want int64
+	}{
+		{"forward", 0, 1}, {"adjust", 10, 11}, {"adjust", 3, 12}, {"forward", 0, 13},
+	}
+	for _, s := range steps {
+		var got int64
+		if s.op == "forward" {
+			got = c.Forward()
+		} else {
+			got = c.Adjust(s.arg)
+		}
+		if got != s.want {
+			t.Fatalf("%s(%d) = %d, want %d", s.op, s.arg, got, s.want)
+		}
+	}
+}
+
+func TestExceptionRepr(t *testing.T) {
+	tests := []struct {
+		typ  string
+		args []any
+		want string
+	}{
+		{"RuntimeError", []any{"boom"}, "RuntimeError('boom')"},
+		{"TaskRevokedError", nil, "TaskRevokedError()"},
+		{"KeyError", []any{"it's", json.Number("3")}, `KeyError("it's", 3)`},
+	}
+	for _, tc := range tests {
+		if got := ExceptionRepr(tc.typ, tc.args); got != tc.want {
+			t.Errorf("got %s, want %s", got, tc.want)
+		}
+	}
+}
+
+// TestSeen: a record is listed while fresh, disappears after its TTL without a beat, and
+// at once after Gone.
+func TestSeen(t *testing.T) {
+	rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: redisStateDB})
+	defer rdb.Close()
+	prefix := "seentest" + randHex(4) + ":"
+	t.Cleanup(func() {
+		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
+		if len(keys) > 0 {
+			rdb.Del(context.Background(), keys...)
+		}
+	})
+	ctx := context.Background()
+	s := NewSeen(rdb, prefix, time.Second)
+	now := epoch(time.Now())
+	for _, h := range []string{"b@x", "a@x"} {
+		st := WorkerStatus{Hostname: h, PID: 1, Timestamp: now, Freq: 2, Active: 1, Processed: 5, Concurrency: 8,
+			Queues: []string{"celery"}, Flags: map[string]FlagValue{"TELEMETRY_ENABLED": {"true", "redis"}}}
+		if err := s.Beat(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws, err := ListWorkers(ctx, rdb, prefix)
+	if err != nil || len(ws) != 2 || ws[0].Hostname != "a@x" || ws[1].Concurrency != 8 || ws[0].Flags["TELEMETRY_ENABLED"].Source != "redis" {
+		t.Fatalf("listed %+v (%v)", ws, err)
+	}
+	if err := s.Gone(ctx, "a@x"); err != nil {
+		t.Fatal(err)
+	}
+	if ws, _ := ListWorkers(ctx, rdb, prefix); len(ws) != 1 || ws[0].Hostname != "b@x" {
+		t.Fatalf("after Gone: %+v", ws)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if ws, _ := ListWorkers(ctx, rdb, prefix); len(ws) != 0 {
+		t.Fatalf("after the TTL: %+v", ws)
+	}
+}
