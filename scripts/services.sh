@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure everything the tests and `make run` need is present and running on this machine,
-# idempotently: RabbitMQ on 127.0.0.1:5672, Redis on 127.0.0.1:6379, and Debian's Python
-# Celery (python3-celery) for /usr/bin/python3. Installs from Debian's packages only when
+# idempotently: RabbitMQ on 127.0.0.1:5672 (management API on :15672), Redis on
+# 127.0.0.1:6379, Debian's Python Celery (python3-celery) for /usr/bin/python3, and
+# promtool (Debian's prometheus package). Installs from Debian's packages only when
 # something is missing; starts a server only when its port is closed.
 set -euo pipefail
 
@@ -39,6 +40,19 @@ if ! port_open 5672; then
   rabbitmqctl await_startup >/dev/null 2>&1 || true
 fi
 port_open 5672 || { log "rabbitmq did not come up on 127.0.0.1:5672"; exit 1; }
+
+# RabbitMQ management API on 127.0.0.1:15672 (fleetctl dlq lists queues and applies its
+# dead-letter policy through it); the plugin ships with Debian's rabbitmq-server.
+if ! port_open 15672; then
+  log "enabling rabbitmq_management"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || true
+  for _ in $(seq 60); do port_open 15672 && break; sleep 0.5; done
+fi
+port_open 15672 || log "warning: RabbitMQ management API not up on 127.0.0.1:15672 (the DLQ setup tests fall back to rabbitmqctl)"
+
+# promtool (Debian's prometheus package) for the alert rule tests
+command -v promtool >/dev/null || apt_install prometheus
+command -v promtool >/dev/null || { log "promtool missing (package prometheus)"; exit 1; }
 
 # Python Celery (Debian's, for /usr/bin/python3)
 if ! /usr/bin/python3 -c 'import celery, kombu, redis, amqp' 2>/dev/null; then

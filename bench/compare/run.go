@@ -378,31 +378,53 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	switch r.Broker {
 	case "amqp":
 		defer b.deleteAMQPQueue(queue)
-		if err := prefillAMQP(ctx, b.amqp, queue, r.N, b.replyTo); err != nil {
-			return err
-		}
 		if b.rabbit {
-			w, err = newRabbitWatcher(ctx, b.vhost, queue, r.N, cfg.RunTimeout+time.Minute)
+			// The watcher's CLI starts (about a second) while the queue fills.
+			rw, werr := newRabbitWatcher(b.vhost, queue, r.N, cfg.RunTimeout+2*time.Minute)
+			if werr != nil {
+				return werr
+			}
+			w = rw
+			if err := prefillAMQP(ctx, b.amqp, queue, r.N, b.replyTo); err != nil {
+				w.Close()
+				return err
+			}
+			err = rw.Armed(ctx)
 		} else {
+			if err := prefillAMQP(ctx, b.amqp, queue, r.N, b.replyTo); err != nil {
+				return err
+			}
 			var rc *goredis.Client
 			if r.Results == "on" {
 				rc = b.resultR
 			}
-			w, err = newAMQPReadyWatcher(b.amqp, queue, r.N, rc)
+			aw, werr := newAMQPReadyWatcher(b.amqp, queue, r.N, rc)
+			if werr != nil {
+				return werr
+			}
+			w = aw
 		}
 	case "redis":
 		if err := prefillRedis(ctx, b.brokerR, queue, r.N, b.replyTo); err != nil {
 			return err
 		}
-		w, err = newRedisWatcher(ctx, b.brokerR, queue, r.N)
+		rw, werr := newRedisWatcher(ctx, b.brokerR, queue, r.N)
+		if werr != nil {
+			return werr
+		}
+		w = rw
 	}
-	if err != nil {
+	if err != nil { // the rabbit watcher did not arm
+		w.Close()
 		return err
 	}
 	defer w.Close()
 	statsBefore := b.redisCalls(ctx)
+	log := cfg.Log.With("contender", c.Name, "broker", r.Broker, "results", r.Results, "queue", queue)
+	log.Debug("pre-filled; watcher armed", "n", r.N)
 
 	argv, env, dir := c.Command(e)
+	started := time.Now()
 	p, err := startProc(c.Name, argv, env, dir)
 	if err != nil {
 		return err
@@ -446,9 +468,11 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	}
 	r.PeakRSSMiB, r.Processes = rss.finish()
 	stopped = true
+	log.Debug("drained", "drain", d.Done.Sub(d.First), "since_start", time.Since(started))
 	if err := p.stop(stopGrace); err != nil {
 		return err
 	}
+	log.Debug("contender stopped", "since_start", time.Since(started))
 	r.DrainSeconds = d.Done.Sub(d.First).Seconds()
 	if r.DrainSeconds <= 0 {
 		return fmt.Errorf("implausible drain %v → %v", d.First, d.Done)

@@ -24,7 +24,7 @@ const (
 	RuleDrain          Rule = "drain-wait"       // scale-in capped by the pods that can go without killing a task
 	RuleMin            Rule = "min"
 	RuleMax            Rule = "max"
-	RuleFailStatic     Rule = "fail-static"      // signals missing: never scale in
+	RuleFailStatic     Rule = "fail-static"       // signals missing: never scale in
 	RuleFloor          Rule = "fail-static-floor" // signals missing: the configured floor
 	RuleEmergencyStop  Rule = "emergency-stop"    // paused annotation or FLEET_EMERGENCY_STOP
 	RuleManualStop     Rule = "manual-stop"       // someone set 0 while not paused: taken as a stop
@@ -136,6 +136,7 @@ func (d Decision) Condition(typ string) (Condition, bool) {
 // LogValue renders the decision's inputs and outcome as one log record's attributes.
 func (d Decision) LogValue() slog.Value {
 	return slog.GroupValue(
+		slog.Time("at", d.Time),
 		slog.String("workload", d.Workload),
 		slog.Int("current", d.Current),
 		slog.Int("desired", d.Desired),

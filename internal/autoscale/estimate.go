@@ -73,7 +73,7 @@ func (e *rateEstimator) add(cfg Config, at time.Time, rate float64) bool {
 			sigma := cfg.Overdispersion * math.Sqrt(math.Max(rest, 1/restT)/first.dt)
 			if diff/sigma > cfg.ChangeSigmas && diff > cfg.ChangeMinRatio*rest {
 				e.samples = e.samples[1:]
-				n, totN, totT = n-1, restN, restT
+				totT = restT
 			}
 		}
 		if totT >= cfg.ChangeWindow.Seconds()*0.99 {

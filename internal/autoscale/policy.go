@@ -19,15 +19,17 @@ type Policy struct {
 }
 
 type policyState struct {
-	started     bool
-	firstAt     time.Time
-	rates       map[string]*rateEstimator
-	mu          map[string]float64
-	p99         map[string]time.Duration
-	needs       []timedNeed   // settled needs within ScaleDownWindow, for scale-down
-	changes     []timedChange // replica changes this policy decided, for the rate limits
-	lastUpAt    time.Time
-	lastDownAt  time.Time
+	started    bool
+	firstAt    time.Time
+	rates      map[string]*rateEstimator
+	mu         map[string]float64
+	p99        map[string]time.Duration
+	needs      []timedNeed   // settled needs within ScaleDownWindow, for scale-down
+	changes    []timedChange // replica changes this policy decided, for the rate limits
+	lastUpAt   time.Time
+	lastDownAt time.Time
+	// pendingUp is the count a scale-up was heading for when the rate limit capped it.
+	pendingUp int
 	// lastChangeAt is when the rate estimator last saw a step: scale-down recommendations
 	// from before it are void.
 	lastChangeAt time.Time
@@ -138,10 +140,11 @@ func (p *Policy) Decide(obs Observation) Decision {
 	// Bookkeeping: what the next decision needs to know.
 	if d.Changed() {
 		st.changes = append(st.changes, timedChange{at: now, from: current, to: d.Desired})
-		if d.Desired > current {
+		switch {
+		case d.Desired > current:
 			st.lastUpAt = now
-		} else {
-			st.lastDownAt = now
+		case d.Rule != RuleEmergencyStop && d.Rule != RuleManualStop:
+			st.lastDownAt = now // a stop is not a scale-down the flap guard protects
 		}
 	}
 	keep := max(p.cfg.ScaleUpPeriod, p.cfg.ScaleDownPeriod)
@@ -228,7 +231,7 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 		} else {
 			target := min(st.preStop, cfg.MaxReplicas)
 			if lim := p.upLimit(now, current); target > lim {
-				target = lim
+				target = max(lim, current) // wait for the next period, never step back
 			}
 			d.Desired, d.Rule = target, RuleResume
 			d.Reason = fmt.Sprintf("resuming after a stop: ramping towards the pre-stop count %d at the scale-up rate (now %d)", st.preStop, target)
@@ -250,6 +253,10 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 		!st.lastChangeAt.After(st.lastDownAt) && !backlogBuilds
 	if guarded {
 		band += cfg.ReversalBand
+	}
+	if current == 0 || (st.pendingUp > current && need > float64(current)) {
+		// The first pod, or finishing a scale-up the rate limit capped: no dead band.
+		band = 0
 	}
 	if sized && sig.slotsLong/sig.slots > float64(current) {
 		// Overloaded: the arrivals exceed what the pods serve flat out, so the queue grows
@@ -299,7 +306,7 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 
 	// Fail-static: with broker signals missing, never scale in; hold the floor, from zero too.
 	if !sig.queueOK {
-		if target < current {
+		if target <= current {
 			target, rule = current, RuleFailStatic
 		}
 		if target < cfg.FailStaticFloor {
@@ -313,10 +320,12 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 		reason = "rolling out: no scale-in until the rollout is done; " + reason
 	}
 	// Rate limits.
+	st.pendingUp = 0
 	if target > current {
 		if lim := p.upLimit(now, current); target > lim {
-			target, rule = lim, RuleScaleUpLimit
-			reason += fmt.Sprintf("; capped at %d by the scale-up rate", lim)
+			st.pendingUp = target
+			target, rule = max(lim, current), RuleScaleUpLimit
+			reason += fmt.Sprintf("; capped at %d by the scale-up rate", target)
 		}
 	} else if target < current {
 		if lim := p.downLimit(now, current); target < lim {
@@ -353,8 +362,8 @@ func (p *Policy) decide(d *Decision, obs Observation, sig signals) {
 	d.Desired, d.Rule, d.Reason = target, rule, reason
 }
 
-// needs computes the candidate pod counts from the long and the short rate windows and the
-// rule that limits the long one.
+// needs computes the candidate pod counts (recorded in d.Needs), the largest of them and
+// the rule that produced it.
 func (p *Policy) needs(d *Decision, obs Observation, sig signals) (need float64, rule Rule) {
 	cfg := p.cfg
 	asyncOff := obs.Flags.AsyncOff
@@ -373,8 +382,13 @@ func (p *Policy) needs(d *Decision, obs Observation, sig signals) (need float64,
 		}
 	}
 	cpu := sig.cpuSum / cfg.CPUTarget
-	if sig.queueOK && sig.busyKnown && sig.busy == 0 && sig.ready == 0 && sig.inFlight == 0 {
+	switch {
+	case sig.queueOK && sig.busyKnown && sig.busy == 0 && sig.ready == 0 && sig.inFlight == 0:
 		cpu = 0 // idle pods' CPU is not demand: it must not hold the last pod when there is no work
+	case sig.queueOK && float64(sig.ready) >= (1-cfg.StepDepthShare)*cfg.DepthTarget:
+		// With a backlog every slot is busy and CPU says so whatever the count; the backlog
+		// term sizes the fleet then, and CPU would only feed on itself (the HPA's runaway).
+		cpu = 0
 	}
 	d.Needs = Needs{Queueing: round3(queueing), Backlog: round3(backlog), InFlight: round3(inFlight), CPU: round3(cpu)}
 

@@ -26,7 +26,10 @@ type BrokerOptions struct {
 	VisibilityTimeout time.Duration
 	// KeyPrefix is kombu's Redis global_keyprefix.
 	KeyPrefix string
-	Logger    *slog.Logger
+	// QueueArguments are the AMQP x-arguments task queues are declared with, by queue
+	// name (e.g. x-max-priority); Redis ignores them.
+	QueueArguments map[string]map[string]any
+	Logger         *slog.Logger
 }
 
 // CheckBrokerURL validates a broker URL without connecting.
@@ -64,7 +67,7 @@ func Broker(ctx context.Context, raw string, o BrokerOptions) (broker.Broker, er
 		if scheme == "pyamqp" {
 			raw = "amqp" + raw[len("pyamqp"):]
 		}
-		b, err := amqp.New(ctx, amqp.Options{URL: raw, Logger: o.Logger})
+		b, err := amqp.New(ctx, amqp.Options{URL: raw, QueueArguments: o.QueueArguments, Logger: o.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("broker %s unreachable: %w", redact(raw), err)
 		}

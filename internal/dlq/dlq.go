@@ -1,8 +1,11 @@
-// Package dlq owns the fleet's dead-letter format: the naming of dead-letter queues
-// (`<queue>.dlq`), the closed set of reasons a message is dead-lettered for, and the
-// x-fleet-dlq-* headers added to the original message, which is otherwise kept intact
-// (properties, headers and body bytes) so that it can be replayed unchanged. Moving the
-// message is the broker's job (broker.Broker.DeadLetter); this package only builds it.
+// Package dlq owns the fleet's dead-letter queues: their naming (`<queue>.dlq`), the closed
+// set of reasons a message is dead-lettered for, the x-fleet-dlq-* headers added to the
+// original message (kept intact otherwise, so that it can be replayed), and everything an
+// operator does with them on either broker: reading dead letters (ours and RabbitMQ's own,
+// which carry x-death), replaying, purging, exporting and importing them without losing or
+// duplicating any, retention with counted and logged eviction, and the fleet_dlq_*
+// Prometheus metrics. Moving messages is the transports' job (broker.Broker.DeadLetter,
+// broker.Browser); this package decides what moves where.
 package dlq
 
 import (
@@ -32,15 +35,22 @@ const (
 	ReasonTimeLimit          = "time_limit"           // the hard time limit expired
 	ReasonTaskFailed         = "task_failed"          // the handler failed and the task asks for dead-lettering
 	ReasonRejected           = "rejected"             // the handler rejected the message without requeue
-	ReasonWorkerLost         = "worker_lost"          // the worker running it went away
+	ReasonWorkerLost         = "worker_lost"          // redelivered more often than allowed (its workers kept dying)
 	ReasonFlagDisabled       = "flag_disabled"        // the task is switched off by a feature flag
+	// Reasons only RabbitMQ gives (x-death), through the policy `fleetctl dlq setup` applies.
+	ReasonExpired   = "expired"    // its TTL ran out in the queue (Celery >= 5.2 sets it from `expires`)
+	ReasonMaxLength = "max_length" // the queue's max-length overflowed
 )
 
 // reasons is the closed set of valid reasons.
 var reasons = [...]string{
 	ReasonDecodeError, ReasonUnsupportedContent, ReasonUnknownTask, ReasonMaxRetriesExceeded,
 	ReasonTimeLimit, ReasonTaskFailed, ReasonRejected, ReasonWorkerLost, ReasonFlagDisabled,
+	ReasonExpired, ReasonMaxLength,
 }
+
+// Reasons returns the closed set of reasons, in documentation order.
+func Reasons() []string { return append([]string(nil), reasons[:]...) }
 
 // Header names added to a dead-lettered message.
 const (
@@ -50,6 +60,13 @@ const (
 	HeaderWorker   = "x-fleet-dlq-worker"   // node name of the worker that dead-lettered it
 	HeaderTime     = "x-fleet-dlq-time"     // RFC 3339 UTC time of dead-lettering
 	HeaderAttempts = "x-fleet-dlq-attempts" // how many times it was dead-lettered (int)
+	// HeaderTraceback optionally carries the traceback of a failed task.
+	HeaderTraceback = "x-fleet-dlq-traceback"
+	// HeaderExpiration keeps the original AMQP expiration property (per-message TTL),
+	// which a dead letter must not carry: RabbitMQ would drop it from the DLQ silently.
+	HeaderExpiration = "x-fleet-dlq-expiration"
+	// HeaderReplayed counts how many times the message was replayed from a DLQ (int).
+	HeaderReplayed = "x-fleet-replayed"
 )
 
 // MaxErrorLen bounds the error text stored in HeaderError, in bytes.
@@ -85,12 +102,13 @@ func ValidReason(reason string) bool {
 	return false
 }
 
-// Letter builds the dead-letter message for d: a copy of the original message (properties,
-// content type and encoding, headers and body bytes untouched) with the x-fleet-dlq-*
-// headers set. errText is cut to MaxErrorLen bytes; the attempts header is incremented if
-// the message carries one already (it was dead-lettered and replayed before). When the
-// delivery was consumed from a dead-letter queue, an existing queue header is kept so that
-// it keeps naming the original queue.
+// Letter builds the dead-letter message for d: a copy of the original message (content type
+// and encoding, headers and body bytes untouched, properties too except the per-message TTL,
+// moved to HeaderExpiration so that RabbitMQ does not drop the dead letter when it runs
+// out) with the x-fleet-dlq-* headers set. errText is cut to MaxErrorLen bytes; the
+// attempts header is incremented if the message carries one already (it was dead-lettered
+// and replayed before). When the delivery was consumed from a dead-letter queue, an
+// existing queue header is kept so that it keeps naming the original queue.
 func Letter(d *broker.Delivery, reason, errText, worker string, now time.Time) *protocol.Message {
 	var m *protocol.Message
 	if d.Message != nil {
@@ -118,6 +136,10 @@ func Letter(d *broker.Delivery, reason, errText, worker string, now time.Time) *
 	m.Headers[HeaderWorker] = worker
 	m.Headers[HeaderTime] = now.UTC().Format(time.RFC3339)
 	m.Headers[HeaderAttempts] = attempts
+	if m.Properties.Expiration != "" {
+		m.Headers[HeaderExpiration] = m.Properties.Expiration
+		m.Properties.Expiration = ""
+	}
 	return m
 }
 

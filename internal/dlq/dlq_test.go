@@ -37,7 +37,8 @@ func TestQueueName(t *testing.T) {
 
 func TestValidReason(t *testing.T) {
 	for _, r := range []string{"decode_error", "unsupported_content", "unknown_task",
-		"max_retries_exceeded", "time_limit", "task_failed", "rejected", "worker_lost", "flag_disabled"} {
+		"max_retries_exceeded", "time_limit", "task_failed", "rejected", "worker_lost", "flag_disabled",
+		"expired", "max_length"} {
 		if !ValidReason(r) {
 			t.Errorf("ValidReason(%q) = false", r)
 		}
@@ -112,8 +113,14 @@ func TestLetter(t *testing.T) {
 			if !bytes.Equal(m.Body, orig.Body) {
 				t.Errorf("body = %q, want %q", m.Body, orig.Body)
 			}
-			if m.Properties != orig.Properties || m.ContentType != orig.ContentType || m.ContentEncoding != orig.ContentEncoding {
+			// Everything but the per-message TTL, which is kept in a header instead.
+			props := orig.Properties
+			props.Expiration = ""
+			if m.Properties != props || m.ContentType != orig.ContentType || m.ContentEncoding != orig.ContentEncoding {
 				t.Errorf("properties/content changed: %+v", m)
+			}
+			if got := m.Headers[HeaderExpiration]; got != orig.Properties.Expiration {
+				t.Errorf("expiration header = %v, want %q", got, orig.Properties.Expiration)
 			}
 			for k, v := range orig.Headers {
 				if k == HeaderAttempts || k == HeaderQueue {

@@ -72,14 +72,14 @@ type Observer interface {
 // NopObserver ignores every event; embed it to implement part of Observer.
 type NopObserver struct{}
 
-func (NopObserver) TaskReceived(*TaskInfo)                                      {}
-func (NopObserver) TaskStarted(*TaskInfo)                                       {}
-func (NopObserver) TaskSucceeded(*TaskInfo, time.Duration, any)                 {}
-func (NopObserver) TaskFailed(*TaskInfo, protocol.ExceptionInfo, string)        {}
-func (NopObserver) TaskRetried(*TaskInfo, protocol.ExceptionInfo, string)       {}
-func (NopObserver) TaskRejected(*TaskInfo, bool)                                {}
-func (NopObserver) TaskRevoked(*TaskInfo, bool, bool)                           {}
-func (NopObserver) TaskDeadLettered(*TaskInfo, string, string)                  {}
+func (NopObserver) TaskReceived(*TaskInfo)                                {}
+func (NopObserver) TaskStarted(*TaskInfo)                                 {}
+func (NopObserver) TaskSucceeded(*TaskInfo, time.Duration, any)           {}
+func (NopObserver) TaskFailed(*TaskInfo, protocol.ExceptionInfo, string)  {}
+func (NopObserver) TaskRetried(*TaskInfo, protocol.ExceptionInfo, string) {}
+func (NopObserver) TaskRejected(*TaskInfo, bool)                          {}
+func (NopObserver) TaskRevoked(*TaskInfo, bool, bool)                     {}
+func (NopObserver) TaskDeadLettered(*TaskInfo, string, string)            {}
 
 var _ Observer = NopObserver{}
 

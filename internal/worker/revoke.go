@@ -34,14 +34,16 @@ type MemoryRevoked struct {
 	now    func() time.Time
 
 	mu    sync.Mutex
-	added map[string]time.Time
-	order []revokedEntry // insertion order; stale entries are skipped
+	added map[string]revokedEntry
+	order []revokedEntry // insertion order; stale entries (re-added since) are skipped
 	head  int
+	seq   uint64
 }
 
 type revokedEntry struct {
-	id string
-	at time.Time
+	id  string
+	at  time.Time
+	seq uint64 // tells a re-added id's old entry in order from its current one
 }
 
 // NewMemoryRevoked returns an empty set; max <= 0 and expiry <= 0 take Celery's
@@ -53,7 +55,7 @@ func NewMemoryRevoked(max int, expiry time.Duration) *MemoryRevoked {
 	if expiry <= 0 {
 		expiry = DefaultRevokedExpiry
 	}
-	return &MemoryRevoked{max: max, expiry: expiry, now: time.Now, added: map[string]time.Time{}}
+	return &MemoryRevoked{max: max, expiry: expiry, now: time.Now, added: map[string]revokedEntry{}}
 }
 
 // Add marks ids as revoked now.
@@ -65,8 +67,10 @@ func (m *MemoryRevoked) Add(_ context.Context, ids ...string) error {
 		if id == "" {
 			continue
 		}
-		m.added[id] = now
-		m.order = append(m.order, revokedEntry{id, now})
+		m.seq++
+		e := revokedEntry{id: id, at: now, seq: m.seq}
+		m.added[id] = e
+		m.order = append(m.order, e)
 	}
 	m.purge(now)
 	return nil
@@ -76,11 +80,11 @@ func (m *MemoryRevoked) Add(_ context.Context, ids ...string) error {
 func (m *MemoryRevoked) Contains(_ context.Context, id string) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	at, ok := m.added[id]
+	e, ok := m.added[id]
 	if !ok {
 		return false, nil
 	}
-	if m.now().Sub(at) >= m.expiry {
+	if m.now().Sub(e.at) >= m.expiry {
 		delete(m.added, id)
 		return false, nil
 	}
@@ -93,8 +97,8 @@ func (m *MemoryRevoked) List(context.Context) (map[string]time.Time, error) {
 	defer m.mu.Unlock()
 	m.purge(m.now())
 	out := make(map[string]time.Time, len(m.added))
-	for id, at := range m.added {
-		out[id] = at
+	for id, e := range m.added {
+		out[id] = e.at
 	}
 	return out, nil
 }
@@ -113,7 +117,7 @@ func (m *MemoryRevoked) purge(now time.Time) {
 		e := m.order[m.head]
 		cur, ok := m.added[e.id]
 		switch {
-		case !ok || !cur.Equal(e.at):
+		case !ok || cur.seq != e.seq:
 			// stale: re-added later or already gone
 		case now.Sub(e.at) >= m.expiry || len(m.added) > m.max:
 			delete(m.added, e.id)
@@ -133,7 +137,7 @@ func (m *MemoryRevoked) compact() {
 	case len(m.order)-m.head > 4*m.max+1024:
 		live := make([]revokedEntry, 0, len(m.added))
 		for _, e := range m.order[m.head:] {
-			if cur, ok := m.added[e.id]; ok && cur.Equal(e.at) {
+			if cur, ok := m.added[e.id]; ok && cur.seq == e.seq {
 				live = append(live, e)
 			}
 		}

@@ -119,7 +119,7 @@ type Worker struct {
 	limiter  *ratelimit.Limiter
 	revoked  RevokedStore
 	obs      observers
-	started  time.Time
+	started  atomic.Int64 // UnixNano when consuming began; 0 before
 
 	slots   chan struct{} // one token per concurrency slot
 	aborted chan struct{} // closed by Abort
@@ -229,7 +229,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: consume %v: %w", w.cfg.Queues, err)
 	}
-	w.started = time.Now()
+	w.started.Store(time.Now().UnixNano())
 	prefetchCtx, stopPrefetch := context.WithCancel(context.Background())
 	prefetchDone := make(chan struct{})
 	go func() {

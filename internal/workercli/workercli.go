@@ -8,16 +8,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/spf13/pflag"
 
 	"denis.io/fleet/internal/connect"
 	"denis.io/fleet/internal/logging"
+	"denis.io/fleet/internal/ratelimit"
 	"denis.io/fleet/internal/result"
 	"denis.io/fleet/internal/tasks"
 	"denis.io/fleet/internal/worker"
@@ -50,6 +54,10 @@ type Options struct {
 	LogFormat          string
 	NoDiagTasks        bool
 	Version            bool
+	DefaultQueue       string
+	MaxETATasks        int
+	RateLimitRedis     string
+	RateLimitFleet     bool
 }
 
 const usageHead = `Usage: worker [options]
@@ -96,6 +104,10 @@ func Parse(args []string, env []string, helpOut io.Writer) (*Options, error) {
 	fs.StringVarP(&o.LogLevel, "log-level", "l", "info", "debug, info, warning or error (env FLEET_LOG_LEVEL)")
 	fs.StringVar(&o.LogFormat, "log-format", "json", "json or text (env FLEET_LOG_FORMAT)")
 	fs.BoolVar(&o.NoDiagTasks, "no-diag-tasks", false, "do not register the diag.* tasks (env FLEET_NO_DIAG_TASKS)")
+	fs.StringVar(&o.DefaultQueue, "default-queue", "celery", "queue for callbacks, chain steps and chord bodies whose signature and task settings name none: Celery's task_default_queue (env FLEET_DEFAULT_QUEUE)")
+	fs.IntVar(&o.MaxETATasks, "max-eta-tasks", 1000, "ETA/countdown messages held in memory at most; more are handed back (env FLEET_MAX_ETA_TASKS)")
+	fs.StringVar(&o.RateLimitRedis, "rate-limit-redis", "", "Redis URL for fleet-wide rate limits (default: the broker or result backend when it is Redis) (env FLEET_RATE_LIMIT_REDIS)")
+	fs.BoolVar(&o.RateLimitFleet, "rate-limit-fleet", false, "share each task's rate_limit across the fleet through Redis instead of per worker (env FLEET_RATE_LIMIT_FLEET)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 
 	// Environment first, so that flags given on the command line win.
@@ -112,6 +124,10 @@ func Parse(args []string, env []string, helpOut io.Writer) (*Options, error) {
 		"log-level":           {"FLEET_LOG_LEVEL"},
 		"log-format":          {"FLEET_LOG_FORMAT"},
 		"no-diag-tasks":       {"FLEET_NO_DIAG_TASKS"},
+		"default-queue":       {"FLEET_DEFAULT_QUEUE"},
+		"max-eta-tasks":       {"FLEET_MAX_ETA_TASKS"},
+		"rate-limit-redis":    {"FLEET_RATE_LIMIT_REDIS"},
+		"rate-limit-fleet":    {"FLEET_RATE_LIMIT_FLEET"},
 	}
 	for flagName, names := range envNames {
 		if v, ok := get(names...); ok {
@@ -164,7 +180,54 @@ func (o *Options) validate() error {
 	if o.VisibilityTimeout <= 0 || o.ShutdownTimeout < 0 {
 		return errors.New("--visibility-timeout must be positive and --shutdown-timeout not negative")
 	}
+	if o.DefaultQueue = strings.TrimSpace(o.DefaultQueue); o.DefaultQueue == "" {
+		return errors.New("--default-queue must name a queue")
+	}
+	if o.MaxETATasks < 1 {
+		return fmt.Errorf("--max-eta-tasks must be at least 1, got %d", o.MaxETATasks)
+	}
+	if o.RateLimitRedis != "" {
+		if u, err := url.Parse(o.RateLimitRedis); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			return fmt.Errorf("bad --rate-limit-redis URL %q: must be redis:// or rediss://", connect.Redact(o.RateLimitRedis))
+		}
+	}
 	return nil
+}
+
+// rateLimitRedisURL is the Redis fleet-wide rate limits use: the flag, else the broker,
+// else the result backend, when it is Redis; "" when there is none.
+func (o *Options) rateLimitRedisURL() string {
+	for _, u := range []string{o.RateLimitRedis, o.Broker, o.ResultBackend} {
+		if strings.HasPrefix(u, "redis://") || strings.HasPrefix(u, "rediss://") {
+			return u
+		}
+	}
+	return ""
+}
+
+// newRateLimiter builds the worker's rate limiter; the Redis store is opened (lazily, by
+// go-redis) when a Redis URL is known, so the fleet-wide switch can be turned on later.
+func newRateLimiter(o *Options, taskCfg *tasks.Config, log *slog.Logger) (*ratelimit.Limiter, func(), error) {
+	var store ratelimit.Store
+	closeFn := func() {}
+	if u := o.rateLimitRedisURL(); u != "" {
+		ropts, err := goredis.ParseURL(u)
+		if err != nil {
+			return nil, nil, fmt.Errorf("rate limit Redis %s: %w", connect.Redact(u), err)
+		}
+		client := goredis.NewClient(ropts)
+		store = ratelimit.NewRedisGCRA(client, "")
+		closeFn = func() { _ = client.Close() }
+	} else if o.RateLimitFleet {
+		return nil, nil, errors.New("--rate-limit-fleet needs a Redis: a redis:// broker or result backend, or --rate-limit-redis")
+	}
+	l, err := ratelimit.New(taskCfg.RateLimits(), store, log)
+	if err != nil {
+		closeFn()
+		return nil, nil, err
+	}
+	l.SetFleetWide(o.RateLimitFleet)
+	return l, closeFn, nil
 }
 
 // NodeName expands Celery's %h, %n and %d in a node name template.
@@ -214,7 +277,8 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 	defer signal.Stop(sigs)
 
 	startCtx, cancelStart := context.WithTimeout(ctx, 15*time.Second)
-	b, err := connect.Broker(startCtx, o.Broker, connect.BrokerOptions{VisibilityTimeout: o.VisibilityTimeout, Logger: log})
+	b, err := connect.Broker(startCtx, o.Broker, connect.BrokerOptions{VisibilityTimeout: o.VisibilityTimeout,
+		QueueArguments: taskCfg.QueueArguments(), Logger: log})
 	cancelStart()
 	if err != nil {
 		fmt.Fprintf(stderr, "worker: %v\n", err)
@@ -242,10 +306,17 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 			queues = append(queues, q)
 		}
 	}
+	limiter, closeLimiter, err := newRateLimiter(o, taskCfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "worker: %v\n", err)
+		return ExitConfig
+	}
+	defer closeLimiter()
 	w := worker.New(worker.Config{
 		Hostname: hostname, Queues: queues, Concurrency: o.Concurrency,
 		PrefetchMultiplier: o.PrefetchMultiplier, ShutdownTimeout: o.ShutdownTimeout,
-		Tasks: taskCfg, Logger: log,
+		Tasks: taskCfg, Logger: log, DefaultQueue: o.DefaultQueue, MaxETATasks: o.MaxETATasks,
+		RateLimiter: limiter,
 	}, b, rb, reg)
 	log.Info("starting fleet worker", "version", Version, "hostname", hostname,
 		"broker", connect.Redact(o.Broker), "result_backend", connect.Redact(o.ResultBackend))

@@ -144,7 +144,7 @@ func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var tuning sim.Tuning
 	if o.tune {
 		fmt.Fprintf(stderr, "tuning the baselines on %s, seeds %v …\n", sim.TrainingTrace, sim.TrainingSeeds())
-		tuning, err = sim.Tune(ctx, setup, sim.TrainingSeeds(), o.workers)
+		tuning, err = sim.Tune(ctx, setup, sim.Grid(setup.Params), sim.TrainingSeeds(), o.workers)
 		if err != nil {
 			fmt.Fprintf(stderr, "autoscaler simulate: %v\n", err)
 			return ExitFailure
@@ -191,27 +191,35 @@ func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 func writeText(w io.Writer, o simulateOptions, s sim.Setup, t sim.Tuning, rows []sim.Row, goals []sim.Goal) error {
 	md := o.format == "markdown"
+	item := "  "
+	if md {
+		item = "- "
+	}
 	var b strings.Builder
 	p := s.Params
-	fmt.Fprintf(&b, "Workload: λ0 = %g/s, S = %v (exponential), c = %d, prefetch ×%d, pod start %v–%v, grace %v, max %d pods.\n",
-		p.Lambda0, p.MeanService, p.Concurrency, p.Prefetch, p.PodStartMin, p.PodStartMax, p.Grace, p.MaxReplicas)
-	fmt.Fprintf(&b, "fleet: autoscale.DefaultConfig with c = %d, min %d, max %d (ρ* at λ0 = %.3f).\n",
-		s.Fleet.Concurrency, s.Fleet.MinReplicas, s.Fleet.MaxReplicas, s.Fleet.TargetUtilizationFor(p.Lambda0, p.Lambda0))
-	if len(t.Candidates) > 0 {
-		fmt.Fprintf(&b, "Baselines tuned on %s, seeds %v (best meeting Qmax < 100 at the fewest worker-minutes):\n", sim.TrainingTrace, sim.TrainingSeeds())
-	} else {
-		b.WriteString("Baselines at the recorded tuned settings (--tune=false):\n")
-	}
+	fmt.Fprintf(&b, "%sworkload: λ0 = %g/s, S = %v (exponential), c = %d, prefetch ×%d, pod start %v–%v, grace %v, max %d pods\n",
+		item, p.Lambda0, p.MeanService, p.Concurrency, p.Prefetch, p.PodStartMin, p.PodStartMax, p.Grace, p.MaxReplicas)
+	fmt.Fprintf(&b, "%sfleet: autoscale.DefaultConfig with c = %d, min %d, max %d (ρ* at λ0 = %.3f)\n",
+		item, s.Fleet.Concurrency, s.Fleet.MinReplicas, s.Fleet.MaxReplicas, s.Fleet.TargetUtilizationFor(p.Lambda0, p.Lambda0))
+	var cands []sim.Candidate
 	seen := map[string]bool{}
 	for _, c := range t.Candidates {
 		if !seen[c.Controller] {
 			seen[c.Controller] = true
-			fmt.Fprintf(&b, "  %s  (training: Qmax %.0f, %.0f s above 100, %.1f worker-min)\n", c, c.Qmax, c.Above100, c.WorkerMinutes)
+			cands = append(cands, c)
 		}
 	}
-	if len(t.Candidates) == 0 {
-		fmt.Fprintf(&b, "  %s\n  %s\n  %s\n",
-			sim.Candidate{Controller: sim.HPACPU, HPA: s.HPA}, sim.Candidate{Controller: sim.KEDAQL, KEDA: s.KEDAQL}, sim.Candidate{Controller: sim.KEDAQLRate, KEDA: s.KEDARate})
+	if len(cands) > 0 {
+		fmt.Fprintf(&b, "%sbaselines tuned on %s, seeds %v (the best setting meeting Qmax < 100 at the fewest worker-minutes, else the least time above 100):\n",
+			item, sim.TrainingTrace, sim.TrainingSeeds())
+		for _, c := range cands {
+			fmt.Fprintf(&b, "  %s%s (training: Qmax %.0f, %.0f s above 100, %.1f worker-min)\n", item, c, c.Qmax, c.Above100, c.WorkerMinutes)
+		}
+	} else {
+		fmt.Fprintf(&b, "%sbaselines at the recorded tuned settings (--tune=false):\n", item)
+		for _, c := range []sim.Candidate{{Controller: sim.HPACPU, HPA: s.HPA}, {Controller: sim.KEDAQL, KEDA: s.KEDAQL}, {Controller: sim.KEDAQLRate, KEDA: s.KEDARate}} {
+			fmt.Fprintf(&b, "  %s%s\n", item, c)
+		}
 	}
 	b.WriteString("\n")
 	if _, err := io.WriteString(w, b.String()); err != nil {

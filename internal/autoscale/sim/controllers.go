@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"time"
@@ -24,7 +25,7 @@ func Controllers() []string { return []string{HPACPU, KEDAQL, KEDAQLRate, Fleet,
 // controller is one autoscaler under test, attached to a world.
 type controller interface {
 	// attach schedules the controller's loops; phase in [0, 1) offsets its first tick.
-	attach(w *world, phase float64)
+	attach(w *world, phase float64) error
 	// stop and resume are the operator's emergency stop (T4) done the way this controller's
 	// users do it: a manual scale to 0 for the HPA, paused-replicas for KEDA, the flag for
 	// ours (which reads it itself).
@@ -141,9 +142,10 @@ func newHPACPU(s HPASettings, p Params) *hpaCPU {
 	return &hpaCPU{h: newHPA(max(1, s.Min), p.MaxReplicas, s.DownWindow), target: 0.7}
 }
 
-func (c *hpaCPU) attach(w *world, phase float64) {
+func (c *hpaCPU) attach(w *world, phase float64) error {
 	c.h.warm(w)
 	w.every(time.Duration(phase*float64(hpaSync))+time.Second, hpaSync, w.tr.Duration, func() { c.tick(w) })
+	return nil
 }
 
 func (c *hpaCPU) tick(w *world) {
@@ -239,10 +241,11 @@ func newKEDA(name string, s KEDASettings, p Params) *keda {
 	return &keda{name: name, s: s, p: p, h: newHPA(max(1, s.Min), p.MaxReplicas, s.DownWindow)}
 }
 
-func (k *keda) attach(w *world, phase float64) {
+func (k *keda) attach(w *world, phase float64) error {
 	k.h.warm(w)
 	w.every(time.Duration(phase*float64(hpaSync))+time.Second, hpaSync, w.tr.Duration, func() { k.hpaTick(w) })
 	w.every(time.Duration(phase*float64(kedaPolling))+time.Second, kedaPolling, w.tr.Duration, func() { k.activation(w) })
+	return nil
 }
 
 // proposal is the HPA's External AverageValue rule.
@@ -312,9 +315,10 @@ type oracle struct {
 	base []float64 // the baseline λ per second, as ours learns it but from the true rate
 }
 
-func (o *oracle) attach(w *world, _ float64) {
+func (o *oracle) attach(w *world, _ float64) error {
 	o.prepare(w)
 	w.every(0, time.Second, w.tr.Duration, func() { o.tick(w) })
+	return nil
 }
 
 // prepare computes the baseline rate the oracle's ρ* is relative to: the same exponential
@@ -380,10 +384,10 @@ type fleetCtl struct {
 // simEpoch is the wall-clock time simulated t = 0 maps to.
 func simEpoch() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
 
-func (f *fleetCtl) attach(w *world, phase float64) {
+func (f *fleetCtl) attach(w *world, phase float64) error {
 	pol, err := autoscale.NewPolicy(f.cfg)
 	if err != nil {
-		panic(err) // the configuration was validated by Run
+		return fmt.Errorf("fleet policy: %w", err)
 	}
 	log := f.log
 	if log == nil {
@@ -392,8 +396,10 @@ func (f *fleetCtl) attach(w *world, phase float64) {
 	f.loop = &autoscale.Loop{Policy: pol, Signals: simSignals{w}, Actuator: simActuator{w}, Recorder: simRecorder{w, f.decisions}, Log: log}
 	iv := f.cfg.Interval
 	w.every(w.p.SampleEvery+time.Duration(phase*float64(iv)), iv, w.tr.Duration, func() {
+		// The simulated signals and actuator never fail; a decision is all there is.
 		_, _ = f.loop.Step(context.Background())
 	})
+	return nil
 }
 
 func (f *fleetCtl) stop(*world)   {}

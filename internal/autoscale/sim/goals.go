@@ -66,7 +66,7 @@ func CheckGoals(s Setup, rows []Row) []Goal {
 	}
 	if f, ok := find("T3", Fleet); ok {
 		add("T3", "ready capacity ≥ demand after T_react (s short)", f.CapacityShort, f.CapacityShort == 0)
-		add("T3", fmt.Sprintf("stable covers demand within T_ready + 15 s = %v after the rollback (s)", tReady+15*time.Second), f.RollbackCover, f.RollbackCover <= (tReady + 15*time.Second).Seconds())
+		add("T3", fmt.Sprintf("stable covers demand within T_ready + 15 s = %v after the rollback (s)", tReady+15*time.Second), f.RollbackCover, f.RollbackCover <= (tReady+15*time.Second).Seconds())
 		add("T3", "Qmax < 100", f.Qmax, f.Qmax < 100)
 		add("T3", "no flip-flop: 0 reversals", f.Reversals, f.Reversals == 0)
 	}

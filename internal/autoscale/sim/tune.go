@@ -97,9 +97,9 @@ type Tuning struct {
 	Candidates []Candidate // sorted best first within each controller
 }
 
-// Tune runs the grid on the training trace and seeds and returns s with each baseline at
-// its best setting.
-func Tune(ctx context.Context, s Setup, seeds []uint64, workers int) (Tuning, error) {
+// Tune runs the grid (usually Grid(s.Params)) on the training trace and seeds and returns s
+// with each baseline at its best setting.
+func Tune(ctx context.Context, s Setup, grid []Candidate, seeds []uint64, workers int) (Tuning, error) {
 	if err := s.Validate(); err != nil {
 		return Tuning{}, err
 	}
@@ -111,7 +111,7 @@ func Tune(ctx context.Context, s Setup, seeds []uint64, workers int) (Tuning, er
 	for i, sd := range seeds {
 		loads[i] = realise(s.Params, tr, sd)
 	}
-	cands := Grid(s.Params)
+	cands := append([]Candidate(nil), grid...)
 	results := make([][]Result, len(cands))
 	for i := range results {
 		results[i] = make([]Result, len(seeds))

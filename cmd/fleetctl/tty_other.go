@@ -1,0 +1,11 @@
+//go:build !linux
+
+package main
+
+import "os"
+
+// isTerminal reports whether f is a character device (a terminal, not a pipe or file).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

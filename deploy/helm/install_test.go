@@ -1,0 +1,382 @@
+package helm
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"denis.io/fleet/internal/testutil/kube"
+)
+
+var harness = kube.NewHarness(kube.Options{})
+
+func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+
+var (
+	crdGVR            = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	serviceMonitorGVR = schema.GroupVersionResource{Group: "monitoring.coreos.com", Version: "v1", Resource: "servicemonitors"}
+	promRuleGVR       = schema.GroupVersionResource{Group: "monitoring.coreos.com", Version: "v1", Resource: "prometheusrules"}
+)
+
+// installMonitoringCRDs registers minimal ServiceMonitor and PrometheusRule CRDs (the
+// kube-prometheus group and kinds, schema left open) so that the chart's monitoring objects
+// are installed too.
+func installMonitoringCRDs(ctx context.Context, t *testing.T, env *kube.Env) {
+	t.Helper()
+	for _, k := range []struct{ kind, plural string }{{"ServiceMonitor", "servicemonitors"}, {"PrometheusRule", "prometheusrules"}} {
+		crd := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "apiextensions.k8s.io/v1",
+			"kind":       "CustomResourceDefinition",
+			"metadata":   map[string]any{"name": k.plural + ".monitoring.coreos.com"},
+			"spec": map[string]any{
+				"group": "monitoring.coreos.com",
+				"scope": "Namespaced",
+				"names": map[string]any{"kind": k.kind, "plural": k.plural, "listKind": k.kind + "List", "singular": k.plural[:len(k.plural)-1]},
+				"versions": []any{map[string]any{
+					"name": "v1", "served": true, "storage": true,
+					"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+				}},
+			},
+		}}
+		_, err := env.Dynamic.Resource(crdGVR).Create(ctx, crd, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		rl, err := env.Client.Discovery().ServerResourcesForGroupVersion("monitoring.coreos.com/v1")
+		if err != nil {
+			return false, nil
+		}
+		return len(rl.APIResources) >= 2, nil
+	})
+	if err != nil {
+		t.Fatalf("monitoring CRDs not served: %v", err)
+	}
+}
+
+// TestInstallUpgradeUninstall installs the chart into a real API server (kwok runs the pods),
+// checks the pods and the autoscaler's RBAC, upgrades a flag, and uninstalls.
+func TestInstallUpgradeUninstall(t *testing.T) {
+	env := harness.Env(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
+	defer cancel()
+	installMonitoringCRDs(ctx, t, env)
+	chart, err := filepath.Abs(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := valuesFile(t, map[string]any{
+		"image":          map[string]any{"repository": "fleet", "tag": "e2e"},
+		"serviceMonitor": map[string]any{"enabled": true},
+		"prometheusRule": map[string]any{"enabled": true},
+		"networkPolicy":  map[string]any{"enabled": true},
+	})
+	ns := env.Namespace
+	if out, err := env.Helm(ctx, "install", release, chart, "-f", values, "--wait", "--timeout", "3m"); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	workerSel := "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component=worker"
+	if _, err := env.WaitPodsRunning(ctx, workerSel, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.WaitPodsRunning(ctx, "app.kubernetes.io/instance="+release+",app.kubernetes.io/component=autoscaler", 2); err != nil {
+		t.Fatal(err)
+	}
+	for _, gvr := range []schema.GroupVersionResource{serviceMonitorGVR, promRuleGVR} {
+		if _, err := env.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, fullname, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s: %v", gvr.Resource, err)
+		}
+	}
+
+	t.Run("autoscaler RBAC", func(t *testing.T) { checkAutoscalerRBAC(ctx, t, env) })
+
+	deps := env.Client.AppsV1().Deployments(ns)
+	crews := fullname + "-crews"
+	// What the autoscaler and an operator do between releases must survive helm upgrade: the
+	// replica count (the chart leaves it to the autoscaler) and the paused annotation.
+	setReplicas(ctx, t, env.Client, ns, crews, 3)
+	patch := []byte(`{"metadata":{"annotations":{"fleet.denis.io/paused":"true"}}}`)
+	if _, err := deps.Patch(ctx, fullname+"-materializers", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]int64{}
+	list, err := deps.List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range list.Items {
+		before[d.Name] = d.Generation
+	}
+
+	if out, err := env.Helm(ctx, "upgrade", release, chart, "--reuse-values", "--set", "flags.values.ASYNC_ENABLED=true", "--wait", "--timeout", "3m"); err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, fullname+"-flags", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data["ASYNC_ENABLED"] != "true" || cm.Data["DENIS_MATERIALIZERS_ENABLED"] != "false" {
+		t.Errorf("flags after upgrade = %v, want ASYNC_ENABLED=true and the rest unchanged", cm.Data)
+	}
+	list, err = deps.List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range list.Items {
+		if d.Generation != before[d.Name] {
+			t.Errorf("%s: generation %d → %d: a flag change must not roll the pods", d.Name, before[d.Name], d.Generation)
+		}
+		switch d.Name {
+		case crews:
+			if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
+				t.Errorf("%s: replicas = %v after upgrade, want the autoscaler's 3", d.Name, d.Spec.Replicas)
+			}
+		default:
+			if d.Annotations["fleet.denis.io/paused"] != "true" {
+				t.Errorf("%s: the paused annotation did not survive helm upgrade", d.Name)
+			}
+		}
+	}
+	if _, err := env.WaitPodsRunning(ctx, "app.kubernetes.io/instance="+release+",fleet.denis.io/pool=crews", 3); err != nil {
+		t.Fatal(err)
+	}
+
+	if out, err := env.Helm(ctx, "uninstall", release, "--wait", "--timeout", "3m"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	checkNothingLeft(ctx, t, env)
+}
+
+func setReplicas(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, name string, n int32) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		sc, err := cs.AppsV1().Deployments(ns).GetScale(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		sc.Spec.Replicas = n
+		_, err = cs.AppsV1().Deployments(ns).UpdateScale(ctx, name, sc, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scale %s to %d: %v", name, n, err)
+	}
+}
+
+// checkAutoscalerRBAC: with a token of the chart's autoscaler ServiceAccount (bound to the
+// chart's Role only), what the autoscaler does is allowed and nothing else. Issue 7's e2e runs
+// the autoscaler itself with this token (env.ServiceAccountConfig).
+func checkAutoscalerRBAC(ctx context.Context, t *testing.T, env *kube.Env) {
+	ns := env.Namespace
+	cfg, _, err := env.ServiceAccountConfig(ctx, fullname+"-autoscaler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kube.ClientFor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fm, err := env.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fm.SetNamespaceCPU(ns, resource.MustParse("250m"))
+	crews := fullname + "-crews"
+	pods, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "fleet.denis.io/pool=crews"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("crews pods: %v (%d)", err, len(pods.Items))
+	}
+	pod := pods.Items[0].Name
+	tests := []struct {
+		name  string
+		call  func() error
+		allow bool
+	}{
+		{"watch deployments", func() error {
+			w, err := cs.AppsV1().Deployments(ns).Watch(ctx, metav1.ListOptions{})
+			if err == nil {
+				w.Stop()
+			}
+			return err
+		}, true},
+		{"get scale", func() error {
+			_, err := cs.AppsV1().Deployments(ns).GetScale(ctx, crews, metav1.GetOptions{})
+			return err
+		}, true},
+		{"update scale", func() error {
+			return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				sc, err := cs.AppsV1().Deployments(ns).GetScale(ctx, crews, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				_, err = cs.AppsV1().Deployments(ns).UpdateScale(ctx, crews, sc, metav1.UpdateOptions{})
+				return err
+			})
+		}, true},
+		{"patch scale", func() error {
+			_, err := cs.AppsV1().Deployments(ns).Patch(ctx, crews, types.MergePatchType, []byte(`{"spec":{"replicas":1}}`), metav1.PatchOptions{}, "scale")
+			return err
+		}, true},
+		{"mark pod deletion cost", func() error {
+			_, err := cs.CoreV1().Pods(ns).Patch(ctx, pod, types.MergePatchType,
+				[]byte(`{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"-100"}}}`), metav1.PatchOptions{})
+			return err
+		}, true},
+		{"pod CPU from metrics.k8s.io", func() error {
+			return cs.CoreV1().RESTClient().Get().AbsPath("/apis/metrics.k8s.io/v1beta1/namespaces", ns, "pods").Do(ctx).Error()
+		}, true},
+		{"leader lease", func() error {
+			l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "rbac-probe"}}
+			l, err := cs.CoordinationV1().Leases(ns).Create(ctx, l, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			if _, err := cs.CoordinationV1().Leases(ns).Get(ctx, l.Name, metav1.GetOptions{}); err != nil {
+				return err
+			}
+			_, err = cs.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{})
+			return err
+		}, true},
+		{"event on the deployment", func() error {
+			ev := &corev1.Event{
+				ObjectMeta:     metav1.ObjectMeta{GenerateName: crews + "-"},
+				InvolvedObject: corev1.ObjectReference{Kind: "Deployment", APIVersion: "apps/v1", Namespace: ns, Name: crews},
+				Reason:         "RBACProbe", Message: "probe", Type: corev1.EventTypeNormal,
+			}
+			_, err := cs.CoreV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{})
+			return err
+		}, true},
+		{"update deployment", func() error {
+			d, err := env.Client.AppsV1().Deployments(ns).Get(ctx, crews, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			_, err = cs.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{})
+			return err
+		}, false},
+		{"delete pod", func() error { return cs.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{}) }, false},
+		{"get pod", func() error { _, err := cs.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{}); return err }, false},
+		{"read secrets", func() error { _, err := cs.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); return err }, false},
+		{"delete lease", func() error {
+			return cs.CoordinationV1().Leases(ns).Delete(ctx, "rbac-probe", metav1.DeleteOptions{})
+		}, false},
+		{"other namespaces", func() error {
+			_, err := cs.AppsV1().Deployments("default").List(ctx, metav1.ListOptions{})
+			return err
+		}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if tc.allow && err != nil {
+				t.Fatalf("denied: %v", err)
+			}
+			if !tc.allow && !apierrors.IsForbidden(err) {
+				t.Fatalf("err = %v, want Forbidden", err)
+			}
+		})
+	}
+}
+
+// checkNothingLeft: after helm uninstall, the namespace holds only what Kubernetes itself
+// puts there (the default ServiceAccount and the root CA ConfigMap); dependents (ReplicaSets,
+// pods) are garbage-collected.
+func checkNothingLeft(ctx context.Context, t *testing.T, env *kube.Env) {
+	t.Helper()
+	ns := env.Namespace
+	var left []string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		left = left[:0]
+		add := func(kind string, names ...string) {
+			for _, n := range names {
+				left = append(left, kind+"/"+n)
+			}
+		}
+		c := env.Client
+		if l, err := c.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("Deployment", o.Name)
+			}
+		}
+		if l, err := c.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("ReplicaSet", o.Name)
+			}
+		}
+		if l, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("Pod", o.Name)
+			}
+		}
+		if l, err := c.CoreV1().Services(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("Service", o.Name)
+			}
+		}
+		if l, err := c.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				if o.Name != "kube-root-ca.crt" {
+					add("ConfigMap", o.Name)
+				}
+			}
+		}
+		if l, err := c.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("Secret", o.Name)
+			}
+		}
+		if l, err := c.CoreV1().ServiceAccounts(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				if o.Name != "default" {
+					add("ServiceAccount", o.Name)
+				}
+			}
+		}
+		if l, err := c.RbacV1().Roles(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("Role", o.Name)
+			}
+		}
+		if l, err := c.RbacV1().RoleBindings(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("RoleBinding", o.Name)
+			}
+		}
+		if l, err := c.PolicyV1().PodDisruptionBudgets(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("PodDisruptionBudget", o.Name)
+			}
+		}
+		if l, err := c.NetworkingV1().NetworkPolicies(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, o := range l.Items {
+				add("NetworkPolicy", o.Name)
+			}
+		}
+		for _, gvr := range []schema.GroupVersionResource{serviceMonitorGVR, promRuleGVR} {
+			if l, err := env.Dynamic.Resource(gvr).Namespace(ns).List(ctx, metav1.ListOptions{}); err == nil {
+				for _, o := range l.Items {
+					add(gvr.Resource, o.GetName())
+				}
+			}
+		}
+		return len(left) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("left behind after helm uninstall: %v", left)
+	}
+}

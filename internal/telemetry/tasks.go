@@ -1,0 +1,256 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"denis.io/fleet/internal/protocol"
+	"denis.io/fleet/internal/tasks"
+	"denis.io/fleet/internal/worker"
+)
+
+// Attribute keys beyond the messaging conventions; the celery.* ones are those of
+// opentelemetry-instrumentation-celery, so Go and Python task spans query alike.
+const (
+	AttrTaskName = attribute.Key("celery.task_name")
+	AttrAction   = attribute.Key("celery.action")
+	AttrRetries  = attribute.Key("celery.retries")
+	AttrHostname = attribute.Key("celery.hostname")
+	AttrOutcome  = attribute.Key("fleet.outcome")
+)
+
+// endedGrace is how long a task's span context stays known after its span ended, for the
+// publishes and log lines that follow the outcome (result, dead letter, ack).
+const endedGrace = 30 * time.Second
+
+// Tracker owns the consumer span of every task in the worker. Its Middleware starts the
+// span when the handler starts (continuing the producer's trace from the message headers)
+// and makes it current in the handler's context; as a worker.Observer it ends the span at
+// the task's outcome. It also maps task ids to span contexts for WrapBroker and
+// LogHandler, which see a task id but no context.
+type Tracker struct {
+	t        *Telemetry
+	hostname string
+
+	mu    sync.Mutex
+	spans map[string]*taskSpan
+	puts  int
+}
+
+type taskSpan struct {
+	span  trace.Span
+	ended time.Time // zero while open
+}
+
+var _ worker.Observer = (*Tracker)(nil)
+
+// NewTracker returns the tracker of a worker named hostname.
+func (t *Telemetry) NewTracker(hostname string) *Tracker {
+	return &Tracker{t: t, hostname: hostname, spans: map[string]*taskSpan{}}
+}
+
+// headerCarrier reads and writes W3C headers in Celery message headers.
+type headerCarrier map[string]any
+
+var _ propagation.TextMapCarrier = headerCarrier(nil)
+
+func (c headerCarrier) Get(key string) string {
+	if s, ok := c[key].(string); ok {
+		return s
+	}
+	return ""
+}
+
+func (c headerCarrier) Set(key, value string) { c[key] = value }
+
+func (c headerCarrier) Keys() []string {
+	out := make([]string, 0, len(c))
+	for k := range c {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Extract returns ctx with the remote span context found in Celery message headers.
+func (t *Telemetry) Extract(ctx context.Context, headers map[string]any) context.Context {
+	if headers == nil {
+		return ctx
+	}
+	return t.propagator.Extract(ctx, headerCarrier(headers))
+}
+
+// Inject writes traceparent (and tracestate) of sc into headers.
+func (t *Telemetry) Inject(sc trace.SpanContext, headers map[string]any) {
+	if !sc.IsValid() {
+		return
+	}
+	t.propagator.Inject(trace.ContextWithSpanContext(context.Background(), sc), headerCarrier(headers))
+}
+
+// Middleware runs the handler inside the task's consumer span, named "run/<task>" as
+// opentelemetry-instrumentation-celery names its worker spans, with the messaging
+// attributes (system, destination = the queue, operation process, message id) and the
+// task's name and retries.
+func (tr *Tracker) Middleware(next tasks.Handler) tasks.Handler {
+	return tasks.HandlerFunc(func(ctx context.Context, r *tasks.Request) (any, error) {
+		span := tr.start(ctx, r)
+		ctx = trace.ContextWithSpan(ctx, span)
+		v, err := next.ServeTask(ctx, r)
+		var retry *tasks.RetryError
+		if err != nil && !errors.As(err, &retry) {
+			span.RecordError(err)
+		}
+		return v, err
+	})
+}
+
+func (tr *Tracker) start(ctx context.Context, r *tasks.Request) trace.Span {
+	tr.mu.Lock()
+	if ts, ok := tr.spans[r.ID]; ok && ts.ended.IsZero() {
+		tr.mu.Unlock()
+		return ts.span
+	}
+	tr.mu.Unlock()
+	pctx := tr.t.Extract(ctx, r.Headers)
+	attrs := []attribute.KeyValue{
+		semconv.MessagingSystemKey.String(tr.t.cfg.System),
+		semconv.MessagingDestinationName(r.Delivery.Queue),
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationName("run"),
+		semconv.MessagingMessageID(r.ID),
+		AttrTaskName.String(r.Name),
+		AttrAction.String("run"),
+		AttrRetries.Int(r.Retries),
+		AttrHostname.String(tr.hostname),
+	}
+	if r.Delivery.RoutingKey != "" && tr.t.cfg.System == "rabbitmq" {
+		attrs = append(attrs, semconv.MessagingRabbitMQDestinationRoutingKey(r.Delivery.RoutingKey))
+	}
+	_, span := tr.t.tracer.Start(pctx, "run/"+r.Name, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+	tr.mu.Lock()
+	tr.spans[r.ID] = &taskSpan{span: span}
+	tr.puts++
+	if tr.puts%256 == 0 {
+		tr.sweepLocked(time.Now())
+	}
+	tr.mu.Unlock()
+	return span
+}
+
+// sweepLocked forgets spans ended more than endedGrace ago, and ends spans left open for a
+// day (their outcome never came: the delivery was handed back at shutdown).
+func (tr *Tracker) sweepLocked(now time.Time) {
+	for id, ts := range tr.spans {
+		switch {
+		case !ts.ended.IsZero() && now.Sub(ts.ended) > endedGrace:
+			delete(tr.spans, id)
+		case ts.ended.IsZero() && now.Sub(spanStart(ts.span, now)) > 24*time.Hour:
+			ts.span.End()
+			delete(tr.spans, id)
+		}
+	}
+}
+
+func spanStart(s trace.Span, now time.Time) time.Time {
+	if ro, ok := s.(interface{ StartTime() time.Time }); ok {
+		return ro.StartTime()
+	}
+	return now
+}
+
+// SpanContext returns the span context of the task with id, while known.
+func (tr *Tracker) SpanContext(id string) (trace.SpanContext, bool) {
+	if id == "" {
+		return trace.SpanContext{}, false
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	ts, ok := tr.spans[id]
+	if !ok {
+		return trace.SpanContext{}, false
+	}
+	return ts.span.SpanContext(), true
+}
+
+// end closes the task's span with its outcome.
+func (tr *Tracker) end(id, outcome string, fail func(trace.Span)) {
+	tr.mu.Lock()
+	ts, ok := tr.spans[id]
+	if !ok || !ts.ended.IsZero() {
+		tr.mu.Unlock()
+		return
+	}
+	ts.ended = time.Now()
+	tr.mu.Unlock()
+	ts.span.SetAttributes(AttrOutcome.String(outcome))
+	if fail != nil {
+		fail(ts.span)
+	}
+	ts.span.End()
+}
+
+// Open is the number of task spans not yet ended (tests, metrics).
+func (tr *Tracker) Open() int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	n := 0
+	for _, ts := range tr.spans {
+		if ts.ended.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
+// TaskReceived does nothing: the span starts with the handler.
+func (tr *Tracker) TaskReceived(*worker.TaskInfo) {}
+
+// TaskStarted does nothing: the span starts with the handler.
+func (tr *Tracker) TaskStarted(*worker.TaskInfo) {}
+
+// TaskSucceeded ends the span with outcome success.
+func (tr *Tracker) TaskSucceeded(i *worker.TaskInfo, _ time.Duration, _ any) {
+	tr.end(i.ID, "success", func(s trace.Span) { s.SetStatus(codes.Ok, "") })
+}
+
+// TaskFailed ends the span with an error status.
+func (tr *Tracker) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo, _ string) {
+	tr.end(i.ID, "failure", func(s trace.Span) {
+		s.SetAttributes(semconv.ErrorTypeKey.String(exc.Type))
+		s.SetStatus(codes.Error, exc.Type)
+	})
+}
+
+// TaskRetried ends the span with outcome retry.
+func (tr *Tracker) TaskRetried(i *worker.TaskInfo, exc protocol.ExceptionInfo, _ string) {
+	tr.end(i.ID, "retry", func(s trace.Span) { s.SetAttributes(attribute.String("celery.retry.reason", exc.Type)) })
+}
+
+// TaskRejected ends the span with outcome rejected.
+func (tr *Tracker) TaskRejected(i *worker.TaskInfo, _ bool) { tr.end(i.ID, "rejected", nil) }
+
+// TaskRevoked ends the span with outcome revoked (or expired).
+func (tr *Tracker) TaskRevoked(i *worker.TaskInfo, terminated, expired bool) {
+	o := "revoked"
+	if expired {
+		o = "expired"
+	}
+	tr.end(i.ID, o, func(s trace.Span) {
+		if terminated {
+			s.SetAttributes(attribute.String("celery.revoked.reason", "terminated"))
+		}
+	})
+}
+
+// TaskDeadLettered ends the span if still open, with outcome dead_lettered.
+func (tr *Tracker) TaskDeadLettered(i *worker.TaskInfo, _ string, reason string) {
+	tr.end(i.ID, "dead_lettered", func(s trace.Span) { s.SetAttributes(attribute.String("fleet.dlq.reason", reason)) })
+}
