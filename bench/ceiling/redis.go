@@ -18,7 +18,7 @@ const (
 	sep             = "\x06\x16"
 	unackedKey      = "unacked"
 	unackedIndexKey = "unacked_index"
-	brpopTimeout    = time.Second
+	brpopTimeout    = time.Second // kombu's
 )
 
 // popped is a message taken off a list: its delivery tag, the `unacked` record kombu
@@ -98,9 +98,20 @@ func redisFetch(ctx context.Context, conn *goredis.Conn, queue string, slots cha
 			p.Do(bg, "HSET", unackedKey, pending.tag, pending.record)
 			p.Do(bg, "EXEC")
 		}
-		var brpop *goredis.StringSliceCmd
+		var brpop *goredis.Cmd
 		if !stopping {
-			brpop = p.BRPop(bg, brpopTimeout, keys...)
+			// The lease just queued reaches the acker only when this round trip returns, so
+			// with one pending the BRPOP must not sit out a full second on an empty queue.
+			timeout := "1"
+			if pending != nil {
+				timeout = "0.01"
+			}
+			args := make([]any, 0, len(keys)+2)
+			args = append(args, "BRPOP")
+			for _, k := range keys {
+				args = append(args, k)
+			}
+			brpop = p.Do(bg, append(args, timeout)...)
 		}
 		cmds, _ := p.Exec(bg)
 		for _, c := range cmds {
@@ -115,7 +126,7 @@ func redisFetch(ctx context.Context, conn *goredis.Conn, queue string, slots cha
 		if stopping {
 			return nil
 		}
-		kv, err := brpop.Result()
+		kv, err := brpop.StringSlice()
 		if errors.Is(err, goredis.Nil) || len(kv) != 2 {
 			<-slots // nothing popped
 			continue

@@ -65,13 +65,13 @@ func (p *proc) exited() (bool, error) {
 	}
 }
 
-// stop asks for a warm shutdown (SIGTERM) and kills the process group if it has not
-// exited within grace. It reports an error when the process had to be killed.
-func (p *proc) stop(grace time.Duration) error {
+// stop sends sig (SIGTERM: warm shutdown) and kills the process group if the process has
+// not exited within grace. It reports an error when the process had to be killed.
+func (p *proc) stop(sig syscall.Signal, grace time.Duration) error {
 	if done, _ := p.exited(); done {
 		return nil
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
 		return nil
@@ -193,18 +193,20 @@ func vmHWM(pid int) (int64, bool) {
 	return 0, false
 }
 
-// goBuild builds a main package of the module into dir, as `make build` does.
-func goBuild(ctx context.Context, root, pkg, out string) error {
+// goBuild builds main packages of the module into dir (each binary named after its
+// directory), with the flags `make build` uses.
+func goBuild(ctx context.Context, root, dir string, pkgs ...string) error {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		return errors.New("the go command is not on PATH (needed to build the bench binaries)")
 	}
-	cmd := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+	args := append([]string{"build", "-trimpath", "-ldflags", "-s -w", "-o", dir + string(filepath.Separator)}, pkgs...)
+	cmd := exec.CommandContext(ctx, gobin, args...)
 	cmd.Dir = root
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, buf.String())
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, buf.String())
 	}
 	return nil
 }

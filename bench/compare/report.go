@@ -25,6 +25,8 @@ type reportMeta struct {
 	Redis     string `json:"redis,omitempty"`
 	RabbitMQ  string `json:"rabbitmq,omitempty"`
 	AMQPWatch string `json:"amqp_watch,omitempty"`
+	LoadStart string `json:"loadavg_start,omitempty"` // /proc/loadavg: other work on the machine skews every number
+	LoadEnd   string `json:"loadavg_end,omitempty"`
 	Quick     bool   `json:"quick"`
 	Rounds    int    `json:"rounds"`
 	Prefetch  int    `json:"prefetch"`
@@ -209,7 +211,8 @@ func (r *report) summarize() {
 // print writes the human-readable report.
 func (r *report) print(out io.Writer) {
 	m := r.Meta
-	fmt.Fprintf(out, "\nbench-compare  %s  %d CPUs  kernel %s  %s\n", m.Started, m.CPUs, m.Kernel, m.GoVersion)
+	fmt.Fprintf(out, "\nbench-compare  %s  %d CPUs  kernel %s  %s  load average %s → %s\n", m.Started, m.CPUs, m.Kernel, m.GoVersion,
+		orDash(m.LoadStart), orDash(m.LoadEnd))
 	fmt.Fprintf(out, "brokers: RabbitMQ %s (drain watch: %s), Redis %s (broker DB %d, results DB %d); Celery %s / kombu %s\n",
 		orDash(m.RabbitMQ), orDash(m.AMQPWatch), orDash(m.Redis), m.BrokerDB, m.ResultsDB, orDash(m.Celery), orDash(m.Kombu))
 	mode := fmt.Sprintf("%d round(s), interleaved, medians", m.Rounds)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -35,8 +36,11 @@ type bench struct {
 	resultR *goredis.Client // results DB
 	amqp    *amqp091.Connection
 	vhost   string
-	rabbit  bool   // rabbitmqctl eval works: exact AMQP drain watching
-	replyTo string // the "client oid" of our producer, as Python's send_task sets reply_to
+	monitor *rabbitMonitor // nil: rabbitmqctl unusable, AMQP drains by the ready count
+	id      string         // of this comparison, in queue and node names
+	prefix  string         // of every queue name
+	seq     int            // runs so far
+	replyTo string         // the "client oid" of our producer, as Python's send_task sets reply_to
 	lockTok string
 	// cleanups run at close, last registered first.
 	cleanups []func()
@@ -48,7 +52,8 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	b := &bench{cfg: &cfg, replyTo: protocol.NewUUID()}
+	id := randHex(3)
+	b := &bench{cfg: &cfg, replyTo: protocol.NewUUID(), id: id, prefix: "fleet_bench_" + id + "_"}
 	defer b.close()
 	if err := b.setup(ctx); err != nil {
 		return nil, err
@@ -94,6 +99,7 @@ func run(ctx context.Context, cfg config) (*report, error) {
 			}
 		}
 	}
+	rep.Meta.LoadEnd = loadAvg()
 	rep.summarize()
 	rep.print(cfg.Out)
 	if cfg.JSONPath != "" {
@@ -145,24 +151,22 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	b.atClose(func() { _ = os.RemoveAll(tmp) })
 	b.bin = binaries{Root: root, Python: cfg.Python, Worker: cfg.WorkerBin, Ceiling: filepath.Join(tmp, "ceiling")}
-	builds := [][2]string{{"./bench/ceiling", b.bin.Ceiling}}
+	pkgs := []string{"./bench/ceiling"}
 	if b.bin.Worker == "" {
 		b.bin.Worker = filepath.Join(tmp, "worker")
-		builds = append(builds, [2]string{"./cmd/worker", b.bin.Worker})
+		pkgs = append(pkgs, "./cmd/worker")
 	} else if b.bin.Worker, err = filepath.Abs(b.bin.Worker); err != nil {
 		return fmt.Errorf("worker binary: %w", err)
 	}
 	if cfg.ProfileDir != "" {
 		b.bin.ProfWorker = filepath.Join(tmp, "profworker")
-		builds = append(builds, [2]string{"./bench/profworker", b.bin.ProfWorker})
+		pkgs = append(pkgs, "./bench/profworker")
 		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
 			return fmt.Errorf("profile dir: %w", err)
 		}
 	}
-	for _, bd := range builds {
-		if err := goBuild(ctx, root, bd[0], bd[1]); err != nil {
-			return err
-		}
+	if err := goBuild(ctx, root, tmp, pkgs...); err != nil {
+		return err
 	}
 
 	b.brokerR = goredis.NewClient(&goredis.Options{Addr: cfg.RedisAddr, DB: cfg.BrokerDB})
@@ -182,9 +186,14 @@ func (b *bench) setup(ctx context.Context) error {
 		if b.amqp, err = amqp091.Dial(cfg.AMQPURL); err != nil {
 			return fmt.Errorf("rabbitmq: %w (run `make services`)", err)
 		}
-		b.rabbit = rabbitmqctlWorks(ctx)
-		if !b.rabbit {
-			cfg.Log.Warn("rabbitmqctl eval is not usable: AMQP drains fall back to the ready count (results off: approximate)")
+		// One loop inside the node watches every run's queue (see rabbitMonitor); without
+		// rabbitmqctl the ready count is all we can see.
+		m, err := startRabbitMonitor(ctx, b.vhost, b.prefix, 24*time.Hour)
+		if err != nil {
+			cfg.Log.Warn("rabbitmqctl eval is not usable: AMQP drains fall back to the ready count (results off: approximate)", "err", err)
+		} else {
+			b.monitor = m
+			b.atClose(m.Close)
 		}
 	}
 	return nil
@@ -212,13 +221,6 @@ func (b *bench) close() {
 	if b.amqp != nil {
 		_ = b.amqp.Close()
 	}
-}
-
-func rabbitmqctlWorks(ctx context.Context) bool {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", "eval", "rabbit_amqqueue:info_keys().").CombinedOutput()
-	return err == nil && strings.Contains(string(out), "messages_unacknowledged")
 }
 
 var unlockScript = goredis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
@@ -298,6 +300,19 @@ func (b *bench) emptyRedis(ctx context.Context) {
 	}
 }
 
+// loadAvg is the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func randHex(n int) string {
 	buf := make([]byte, n)
 	_, _ = rand.Read(buf)
@@ -314,6 +329,7 @@ func (b *bench) meta(ctx context.Context) reportMeta {
 	if k, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(k))
 	}
+	m.LoadStart = loadAvg()
 	if out, err := exec.CommandContext(ctx, b.cfg.Python, "-c",
 		"import celery, kombu; print(celery.__version__, kombu.__version__)").Output(); err == nil {
 		if f := strings.Fields(string(out)); len(f) == 2 {
@@ -331,7 +347,7 @@ func (b *bench) meta(ctx context.Context) reportMeta {
 		if v, ok := b.amqp.Properties["version"].(string); ok {
 			m.RabbitMQ = v
 		}
-		if b.rabbit {
+		if b.monitor != nil {
 			m.AMQPWatch = "rabbitmqctl eval (exact)"
 		} else {
 			m.AMQPWatch = "passive declare (fallback)"
@@ -352,10 +368,12 @@ func (b *bench) runOne(ctx context.Context, c contender, broker, results string,
 
 func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err error) {
 	cfg := b.cfg
-	id := randHex(4)
-	queue := fmt.Sprintf("fleet_bench_%s_%s", strings.Map(safeRune, c.Name), id)
+	b.seq++
+	seq := b.seq
+	// The rabbit monitor finds the queue by this name: <prefix><seq>_<n>_<contender>.
+	queue := fmt.Sprintf("%s%d_%d_%s", b.prefix, seq, r.N, strings.Map(safeRune, c.Name))
 	r.Queue = queue
-	e := runEnv{Broker: r.Broker, Queue: queue, Prefetch: cfg.Prefetch, Hostname: "bench-" + id + "@%h"}
+	e := runEnv{Broker: r.Broker, Queue: queue, Prefetch: cfg.Prefetch, Hostname: fmt.Sprintf("bench-%s-%d@%%h", b.id, seq)}
 	switch r.Broker {
 	case "amqp":
 		e.BrokerURL = cfg.AMQPURL
@@ -378,12 +396,8 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	switch r.Broker {
 	case "amqp":
 		defer b.deleteAMQPQueue(queue)
-		if b.rabbit {
-			// The watcher's CLI starts (about a second) while the queue fills.
-			rw, werr := newRabbitWatcher(b.vhost, queue, r.N, cfg.RunTimeout+2*time.Minute)
-			if werr != nil {
-				return werr
-			}
+		if b.monitor != nil {
+			rw := b.monitor.watch(seq)
 			w = rw
 			if err := prefillAMQP(ctx, b.amqp, queue, r.N, b.replyTo); err != nil {
 				w.Close()
@@ -434,7 +448,7 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	defer func() {
 		if !stopped {
 			rss.finish()
-			if serr := p.stop(stopGrace); serr != nil {
+			if serr := p.stop(stopSignal(c), stopGrace); serr != nil {
 				cfg.Log.Warn("stopping contender", "err", serr)
 			}
 		}
@@ -469,7 +483,7 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	r.PeakRSSMiB, r.Processes = rss.finish()
 	stopped = true
 	log.Debug("drained", "drain", d.Done.Sub(d.First), "since_start", time.Since(started))
-	if err := p.stop(stopGrace); err != nil {
+	if err := p.stop(stopSignal(c), stopGrace); err != nil {
 		return err
 	}
 	log.Debug("contender stopped", "since_start", time.Since(started))
@@ -488,17 +502,28 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	if c.Reports {
 		var out struct {
 			Acked int64 `json:"acked"`
+			First int64 `json:"first_unix_ns"`
+			Last  int64 `json:"last_unix_ns"`
 		}
 		lines := strings.Split(strings.TrimSpace(p.stdout.String()), "\n")
 		if jerr := json.Unmarshal([]byte(lines[len(lines)-1]), &out); jerr != nil {
 			return fmt.Errorf("%s: unreadable report %q: %w", c.Name, lines[len(lines)-1], jerr)
 		}
+		log.Debug("contender's own count", "acked", out.Acked, "first_to_last_ack", time.Duration(out.Last-out.First),
+			"watched_first_to_own_first", time.Unix(0, out.First).Sub(d.First), "own_last_to_watched_done", d.Done.Sub(time.Unix(0, out.Last)))
 		if out.Acked != int64(r.N) {
 			return fmt.Errorf("%s acked %d messages, want %d", c.Name, out.Acked, r.N)
 		}
 	}
 	r.Consumed = r.N
 	return nil
+}
+
+func stopSignal(c contender) syscall.Signal {
+	if c.Stop == 0 {
+		return syscall.SIGTERM
+	}
+	return c.Stop
 }
 
 func safeRune(r rune) rune {

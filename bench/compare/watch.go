@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -113,26 +114,41 @@ func (w *redisWatcher) Wait(ctx context.Context) (drain, error) {
 
 func (w *redisWatcher) Close() {}
 
-// rabbitWatcher runs a loop inside the RabbitMQ node through `rabbitmqctl eval`: every
-// 2 ms it reads the queue's messages_ready and messages_unacknowledged (the call behind
-// `rabbitmqctl list_queues`) and prints when the first message left the ready list and
-// when both counts reached zero, with the node's own timestamps.
-type rabbitWatcher struct {
+// rabbitMonitor is one loop inside the RabbitMQ node, started with `rabbitmqctl eval` once
+// per comparison, that watches every run's queue in turn. Queues are named
+// <prefix><seq>_<n>_<contender>; for seq = 1, 2, … the loop waits for that queue (or a
+// later one, if a run was skipped), then every 2 ms reads its messages_ready and
+// messages_unacknowledged (the call behind `rabbitmqctl list_queues`) and prints, with the
+// node's clock: "armed" once it holds n ready messages and nothing unacked, "first" when
+// a message has left the ready list, "done" when both counts are zero; "gone" if the
+// queue disappears first. The loop monitors the CLI and ends with it.
+type rabbitMonitor struct {
 	cmd    *exec.Cmd
-	lines  chan string
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
 	stderr *tailBuffer
+	ended  chan struct{} // closed when rabbitmqctl has exited
+
+	mu      sync.Mutex
+	waiters map[int]chan rabbitEvent
+	wg      sync.WaitGroup
 }
 
-// rabbitWatchExpr is the Erlang evaluated in the node. Arguments: vhost, queue, n,
-// poll ms, deadline ms. It arms once the queue holds n ready messages and nothing unacked
-// (so it can start while the queue is being filled), then reports the first consumption
-// and the drain.
-const rabbitWatchExpr = `
-QN = rabbit_misc:r(<<"%s">>, queue, <<"%s">>), N = %d, Poll = %d,
+type rabbitEvent struct {
+	kind string // armed, first, done, gone
+	at   time.Time
+}
+
+// rabbitMonitorExpr: arguments vhost, queue name prefix, poll ms, overall deadline ms.
+const rabbitMonitorExpr = `
+VHost = <<"%s">>, Prefix = <<"%s">>, Poll = %d,
 Deadline = erlang:monotonic_time(millisecond) + %d,
-Info = fun() ->
+PLen = byte_size(Prefix),
+Ref = erlang:monitor(process, group_leader()),
+Nap = fun(Ms) ->
+  receive {'DOWN', Ref, _, _, _} -> exit(normal) after Ms -> ok end,
+  case erlang:monotonic_time(millisecond) > Deadline of true -> exit(normal); false -> ok end
+end,
+Now = fun() -> erlang:system_time(nanosecond) end,
+Info = fun(QN) ->
   case rabbit_amqqueue:lookup(QN) of
     {ok, Q} ->
       try rabbit_amqqueue:info(Q, [messages_ready, messages_unacknowledged]) of
@@ -142,110 +158,191 @@ Info = fun() ->
     _ -> gone
   end
 end,
-Now = fun() -> erlang:system_time(nanosecond) end,
-Loop = fun L(Phase) ->
+Parse = fun(Name) ->
+  try
+    PLen = binary:longest_common_prefix([Name, Prefix]),
+    [SB, NB | _] = binary:split(binary:part(Name, PLen, byte_size(Name) - PLen), <<"_">>, [global]),
+    {binary_to_integer(SB), binary_to_integer(NB)}
+  catch _:_ -> none end
+end,
+Find = fun(Seq) ->
+  Cands = lists:sort([{S, N, QN} || Q <- rabbit_amqqueue:list(VHost),
+                                    QN <- [amqqueue:get_name(Q)],
+                                    {S, N} <- [Parse(element(4, QN))], S >= Seq]),
+  case Cands of [] -> none; [C | _] -> C end
+end,
+Watch = fun W(S, N, QN, Phase) ->
   T = Now(),
-  case {erlang:monotonic_time(millisecond) > Deadline, Phase, Info()} of
-    {true, _, _} -> io:format("timeout~n"), timeout;
-    {_, fill, {N, 0}} -> io:format("armed ~b~n", [T]), L(wait);
-    {_, fill, _} -> timer:sleep(Poll), L(fill);
-    {_, _, gone} -> io:format("gone~n"), gone;
-    {_, wait, {R, U}} when R < N; U > 0 -> io:format("first ~b ~b ~b~n", [T, R, U]), timer:sleep(Poll), L(drain);
-    {_, drain, {0, 0}} -> io:format("done ~b~n", [T]), done;
-    _ -> timer:sleep(Poll), L(Phase)
+  case {Phase, Info(QN)} of
+    {_, gone} -> io:format("gone ~b 0~n", [S]);
+    {fill, {N, 0}} -> io:format("armed ~b ~b~n", [S, T]), W(S, N, QN, wait);
+    {wait, {R, U}} when R < N; U > 0 -> io:format("first ~b ~b~n", [S, T]), Nap(Poll), W(S, N, QN, drain);
+    {drain, {0, 0}} -> io:format("done ~b ~b~n", [S, T]);
+    _ -> Nap(Poll), W(S, N, QN, Phase)
   end
 end,
-Loop(fill).
+Run = fun RL(Seq) ->
+  case Find(Seq) of
+    none -> Nap(5), RL(Seq);
+    {S, N, QN} -> Watch(S, N, QN, fill), RL(S + 1)
+  end
+end,
+io:format("ready~n"),
+Run(1).
 `
 
-// newRabbitWatcher starts the in-node watcher; it may run before the queue is filled
-// (or even declared). Call Armed before starting the contender.
-func newRabbitWatcher(vhost, queue string, n int, timeout time.Duration) (*rabbitWatcher, error) {
-	if strings.ContainsAny(vhost+queue, `"\`) {
-		return nil, fmt.Errorf("rabbit watcher: unsupported vhost/queue name %q/%q", vhost, queue)
+// startRabbitMonitor starts the in-node loop for queues named prefix<seq>_<n>_….
+func startRabbitMonitor(ctx context.Context, vhost, prefix string, deadline time.Duration) (*rabbitMonitor, error) {
+	if strings.ContainsAny(vhost+prefix, `"\`) {
+		return nil, fmt.Errorf("rabbit monitor: unsupported vhost/prefix %q/%q", vhost, prefix)
 	}
-	expr := fmt.Sprintf(rabbitWatchExpr, vhost, queue, n, pollEvery.Milliseconds(), timeout.Milliseconds())
-	wctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(wctx, "rabbitmqctl", "eval", expr)
-	w := &rabbitWatcher{cmd: cmd, lines: make(chan string, 16), cancel: cancel, stderr: newTailBuffer(4096)}
-	cmd.Stderr = w.stderr
+	expr := fmt.Sprintf(rabbitMonitorExpr, vhost, prefix, pollEvery.Milliseconds(), deadline.Milliseconds())
+	cmd := exec.Command("rabbitmqctl", "eval", expr)
+	m := &rabbitMonitor{cmd: cmd, stderr: newTailBuffer(4096), ended: make(chan struct{}), waiters: map[int]chan rabbitEvent{}}
+	cmd.Stderr = m.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("rabbit watcher: %w", err)
+		return nil, fmt.Errorf("rabbit monitor: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
-		cancel()
-		return nil, fmt.Errorf("rabbit watcher: start rabbitmqctl: %w", err)
+		return nil, fmt.Errorf("rabbit monitor: start rabbitmqctl: %w", err)
 	}
-	w.wg.Add(1)
+	ready := make(chan struct{})
+	m.wg.Add(1)
 	go func() {
-		defer w.wg.Done()
-		defer close(w.lines)
+		defer m.wg.Done()
+		defer close(m.ended)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			w.lines <- strings.TrimSpace(sc.Text())
+			m.dispatch(strings.TrimSpace(sc.Text()), ready)
 		}
 		_, _ = io.Copy(io.Discard, out)
+		_ = cmd.Wait()
 	}()
-	return w, nil
-}
-
-// Armed waits until the watcher has seen the filled queue.
-func (w *rabbitWatcher) Armed(ctx context.Context) error {
 	select {
-	case line, ok := <-w.lines:
-		if ok && strings.HasPrefix(line, "armed ") {
-			return nil
-		}
-		return fmt.Errorf("rabbit watcher: not armed: got %q; rabbitmqctl: %s", line, w.stderr.String())
+	case <-ready:
+		return m, nil
+	case <-m.ended:
+		return nil, fmt.Errorf("rabbit monitor: rabbitmqctl eval ended: %s", m.stderr.String())
 	case <-time.After(60 * time.Second):
-		return errors.New("rabbit watcher: not armed within 60s")
+		m.Close()
+		return nil, errors.New("rabbit monitor: rabbitmqctl eval did not start within 60s")
 	case <-ctx.Done():
-		return ctx.Err()
+		m.Close()
+		return nil, ctx.Err()
 	}
 }
 
-func (w *rabbitWatcher) Wait(ctx context.Context) (drain, error) {
-	d := drain{Criterion: "amqp: messages_ready=0 and messages_unacknowledged=0 read inside the node every 2ms"}
-	for {
+func (m *rabbitMonitor) dispatch(line string, ready chan struct{}) {
+	f := strings.Fields(line)
+	if len(f) == 1 && f[0] == "ready" {
+		close(ready)
+		return
+	}
+	if len(f) != 3 {
+		return // rabbitmqctl's own output
+	}
+	seq, err1 := strconv.Atoi(f[1])
+	ns, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		return
+	}
+	m.mu.Lock()
+	ch := m.waiters[seq]
+	m.mu.Unlock()
+	if ch != nil {
 		select {
-		case <-ctx.Done():
-			return d, ctx.Err()
-		case line, ok := <-w.lines:
-			if !ok {
-				return d, fmt.Errorf("rabbit watcher: rabbitmqctl ended early: %s", w.stderr.String())
-			}
-			f := strings.Fields(line)
-			if len(f) == 0 {
-				continue
-			}
-			switch f[0] {
-			case "first", "done":
-				if len(f) < 2 {
-					return d, fmt.Errorf("rabbit watcher: bad line %q", line)
-				}
-				ns, err := strconv.ParseInt(f[1], 10, 64)
-				if err != nil {
-					return d, fmt.Errorf("rabbit watcher: bad line %q: %w", line, err)
-				}
-				if f[0] == "first" {
-					d.First = time.Unix(0, ns)
-					continue
-				}
-				d.Done = time.Unix(0, ns)
-				return d, nil
-			case "timeout", "gone":
-				return d, fmt.Errorf("rabbit watcher: %s", line)
-			}
+		case ch <- rabbitEvent{kind: f[0], at: time.Unix(0, ns)}:
+		default:
 		}
 	}
 }
 
-func (w *rabbitWatcher) Close() {
-	w.cancel()
-	w.wg.Wait()
-	_ = w.cmd.Wait()
+// watch returns the watcher of run seq; register it before the queue is declared.
+func (m *rabbitMonitor) watch(seq int) *rabbitRun {
+	ch := make(chan rabbitEvent, 8)
+	m.mu.Lock()
+	m.waiters[seq] = ch
+	m.mu.Unlock()
+	return &rabbitRun{m: m, seq: seq, events: ch}
+}
+
+// Close ends rabbitmqctl and with it the loop in the node. rabbitmqctl runs the CLI's
+// Erlang VM under `su` in a session of its own, so every process under ours is
+// signalled, by pid.
+func (m *rabbitMonitor) Close() {
+	pids := processTree(m.cmd.Process.Pid)
+	for i := len(pids) - 1; i >= 0; i-- {
+		_ = syscall.Kill(pids[i], syscall.SIGTERM)
+	}
+	select {
+	case <-m.ended:
+	case <-time.After(10 * time.Second):
+		for _, pid := range processTree(m.cmd.Process.Pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	m.wg.Wait()
+}
+
+// rabbitRun is one run's view of the monitor.
+type rabbitRun struct {
+	m      *rabbitMonitor
+	seq    int
+	events chan rabbitEvent
+	first  time.Time
+}
+
+// next waits for the run's next event.
+func (r *rabbitRun) next(ctx context.Context) (rabbitEvent, error) {
+	select {
+	case ev := <-r.events:
+		if ev.kind == "gone" {
+			return ev, fmt.Errorf("rabbit monitor: queue of run %d disappeared", r.seq)
+		}
+		return ev, nil
+	case <-r.m.ended:
+		return rabbitEvent{}, fmt.Errorf("rabbit monitor: rabbitmqctl ended: %s", r.m.stderr.String())
+	case <-ctx.Done():
+		return rabbitEvent{}, ctx.Err()
+	}
+}
+
+// Armed waits until the monitor has seen the filled queue.
+func (r *rabbitRun) Armed(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ev, err := r.next(ctx)
+	if err != nil {
+		return fmt.Errorf("waiting for the monitor to arm: %w", err)
+	}
+	if ev.kind != "armed" {
+		return fmt.Errorf("rabbit monitor: %q before armed", ev.kind)
+	}
+	return nil
+}
+
+func (r *rabbitRun) Wait(ctx context.Context) (drain, error) {
+	d := drain{Criterion: "amqp: messages_ready=0 and messages_unacknowledged=0, read inside the node every 2ms"}
+	for {
+		ev, err := r.next(ctx)
+		if err != nil {
+			return d, err
+		}
+		switch ev.kind {
+		case "first":
+			d.First = ev.at
+		case "done":
+			d.Done = ev.at
+			return d, nil
+		}
+	}
+}
+
+func (r *rabbitRun) Close() {
+	r.m.mu.Lock()
+	delete(r.m.waiters, r.seq)
+	r.m.mu.Unlock()
 }
 
 // amqpReadyWatcher is the fallback when rabbitmqctl is not usable: it polls the ready

@@ -3,6 +3,7 @@ package helm
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -156,10 +157,70 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	t.Run("runbook", func(t *testing.T) { checkRunbook(ctx, t, env, workerSel) })
+
 	if out, err := env.Helm(ctx, "uninstall", release, "--wait", "--timeout", "3m"); err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
 	}
 	checkNothingLeft(ctx, t, env)
+}
+
+// checkRunbook runs the commands of docs/helm.md's runbook: a release rollback undoes a flag
+// change, and the kubectl form of the emergency stop (annotate paused, scale to 0) stops every
+// pool, and removing the annotation resumes.
+func checkRunbook(ctx context.Context, t *testing.T, env *kube.Env, workerSel string) {
+	ns := env.Namespace
+	if out, err := env.Helm(ctx, "rollback", release, "1", "--wait", "--timeout", "3m"); err != nil {
+		t.Fatalf("helm rollback: %v\n%s", err, out)
+	}
+	cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, fullname+"-flags", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data["ASYNC_ENABLED"] != "false" {
+		t.Errorf("after helm rollback ASYNC_ENABLED = %q, want false", cm.Data["ASYNC_ENABLED"])
+	}
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skipf("kubectl not installed: %v", err)
+	}
+	run := func(args ...string) {
+		t.Helper()
+		args = append([]string{"--kubeconfig", env.Kubeconfig, "-n", ns}, args...)
+		if out, err := exec.CommandContext(ctx, kubectl, args...).CombinedOutput(); err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+	}
+	// Emergency stop, as docs/helm.md writes it.
+	run("annotate", "deploy", "-l", workerSel, "fleet.denis.io/paused=true", "--overwrite")
+	run("scale", "deploy", "-l", workerSel, "--replicas=0")
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+		return err == nil && len(pods.Items) == 0, err
+	})
+	if err != nil {
+		t.Fatalf("workers still running after the emergency stop: %v", err)
+	}
+	deps, err := env.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range deps.Items {
+		if *d.Spec.Replicas != 0 || d.Annotations["fleet.denis.io/paused"] != "true" {
+			t.Errorf("%s: replicas %d, paused %q after the stop", d.Name, *d.Spec.Replicas, d.Annotations["fleet.denis.io/paused"])
+		}
+	}
+	// Resume: the autoscaler ramps back once the annotation is gone.
+	run("annotate", "deploy", "-l", workerSel, "fleet.denis.io/paused-")
+	deps, err = env.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range deps.Items {
+		if _, ok := d.Annotations["fleet.denis.io/paused"]; ok {
+			t.Errorf("%s: still paused after resume", d.Name)
+		}
+	}
 }
 
 func setReplicas(ctx context.Context, t *testing.T, cs kubernetes.Interface, ns, name string, n int32) {

@@ -52,7 +52,8 @@ var ErrStopWalk = errors.New("broker: stop walk")
 // through applied, the rest is still in the queue.
 type Browser interface {
 	// Walk visits the messages of queue in consume order, each once, up to the number the
-	// queue held when the walk started, and applies each Decision. applied (may be nil)
+	// queue held when the walk started, and applies each Decision. A queue that does not
+	// exist has no messages. applied (may be nil)
 	// is called, in order, once a Remove or Move is durable on the broker. When ctx ends,
 	// decisions already taken are applied (bounded by a short grace period) and
 	// ctx.Err() is returned. A visit error ends the walk the same way and is returned.
@@ -64,8 +65,8 @@ type Browser interface {
 	// queue is empty or does not exist.
 	Heads(ctx context.Context, queue string) ([]*Stored, error)
 
-	// Depth is the number of messages waiting in queue (0 when it does not exist on Redis;
-	// an error on AMQP).
+	// Depth is the number of messages waiting in queue (on RabbitMQ, a queue that does not
+	// exist is an error matching ErrQueueNotFound; on Redis it holds 0).
 	Depth(ctx context.Context, queue string) (int64, error)
 
 	// Purge deletes every message of queue at once and returns how many it deleted.
@@ -79,6 +80,10 @@ type Browser interface {
 	// Publish sends a message and returns once the broker has confirmed it.
 	Publish(ctx context.Context, p Publishing) error
 }
+
+// ErrQueueNotFound matches the error of an operation on a queue that does not exist
+// (RabbitMQ's 404; Redis has no such thing: a missing list is an empty queue).
+var ErrQueueNotFound = errors.New("broker: queue not found")
 
 // QueueLister is the optional part of a transport (or of its management interface) that
 // can list the queues it holds.

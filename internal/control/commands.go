@@ -110,7 +110,7 @@ type Deps struct {
 
 // Commands registers Celery's control and inspect commands on s: ping, stats,
 // active_queues, registered, active, reserved, scheduled, revoked, query_task, conf,
-// report, clock, hello, revoke, add_consumer, cancel_consumer, enable_events,
+// report, clock, hello, revoke, terminate, add_consumer, cancel_consumer, enable_events,
 // disable_events, heartbeat, rate_limit, time_limit and shutdown.
 func (s *Server) Commands(d Deps) {
 	if d.Logger == nil {
@@ -140,8 +140,14 @@ func (s *Server) Commands(d Deps) {
 		"rate_limit":      c.rateLimit,
 		"time_limit":      c.timeLimit,
 		"shutdown":        c.shutdown,
+		"terminate":       c.terminate,
 	} {
 		s.Handle(name, h)
+	}
+	// Celery's backward-compatible aliases.
+	for alias, name := range map[string]string{"dump_conf": "conf", "dump_schedule": "scheduled",
+		"dump_reserved": "reserved", "dump_active": "active", "dump_revoked": "revoked", "dump_tasks": "registered"} {
+		s.Handle(alias, s.handlers[name])
 	}
 }
 
@@ -431,6 +437,12 @@ func stringList(v any) []string {
 		return out
 	}
 	return nil
+}
+
+// terminate is `celery control terminate SIGNAL ID…`: revoke with terminate.
+func (c *commands) terminate(ctx context.Context, args map[string]any) (any, error) {
+	a := map[string]any{"task_id": args["task_id"], "terminate": true, "signal": args["signal"]}
+	return c.revoke(ctx, a)
 }
 
 // revoke is Celery's revoke: flag the ids (discarding queued and held ones), and with

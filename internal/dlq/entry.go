@@ -2,8 +2,8 @@ package dlq
 
 import (
 	"crypto/sha256"
-	"errors"
 	"encoding/hex"
+	"errors"
 	"strconv"
 	"strings"
 	"time"

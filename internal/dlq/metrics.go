@@ -2,6 +2,7 @@ package dlq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -200,7 +201,7 @@ func (c *Collector) Stats(ctx context.Context) ([]QueueStat, error) {
 		out = append(out, s)
 	}
 	if len(errs) > 0 {
-		return out, fmt.Errorf("%d of %d reads failed, first: %w", len(errs), len(queues)+1, errs[0])
+		return out, fmt.Errorf("%d reads failed, the first: %w", len(errs), errs[0])
 	}
 	return out, nil
 }
@@ -208,6 +209,11 @@ func (c *Collector) Stats(ctx context.Context) ([]QueueStat, error) {
 func (c *Collector) stat(ctx context.Context, q string, now time.Time) (QueueStat, error) {
 	s := QueueStat{Queue: q, Label: Label(q)}
 	n, err := c.src.Depth(ctx, q)
+	if errors.Is(err, broker.ErrQueueNotFound) {
+		// Not declared yet (nothing was ever dead-lettered from the queue): empty.
+		s.OldestKnown = true
+		return s, nil
+	}
 	if err != nil {
 		return s, fmt.Errorf("depth of %s: %w", q, err)
 	}

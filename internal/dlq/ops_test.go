@@ -464,7 +464,8 @@ func TestCollectorMatchesBroker(t *testing.T) {
 			deadLetter(t, f.b, q, "b", ReasonTaskFailed, now.Add(-30*time.Second))
 			deadLetter(t, f.b, q, "c", ReasonTaskFailed, now)
 			clock := now
-			c := NewCollector(f.b, CollectorOptions{Queues: []string{q, QueueName(qEmpty)}, Now: func() time.Time { return clock }, MinInterval: time.Minute})
+			never := "never_" + randHex(4) // no DLQ declared: RabbitMQ does not know it
+			c := NewCollector(f.b, CollectorOptions{Queues: []string{q, QueueName(qEmpty), never}, Now: func() time.Time { return clock }, MinInterval: time.Minute})
 			reg := prometheus.NewPedanticRegistry()
 			reg.MustRegister(c)
 
@@ -477,13 +478,19 @@ func TestCollectorMatchesBroker(t *testing.T) {
 			if got := gauge(t, reg, MetricOldestAge, q); got < 85 || got > 95 {
 				t.Errorf("%s = %v, want about 90", MetricOldestAge, got)
 			}
+			if got := gauge(t, reg, MetricMessages, never); got != 0 {
+				t.Errorf("%s of a DLQ never declared = %v", MetricMessages, got)
+			}
+			if got := metricValue(t, c, MetricScrapeErrors); got != 0 {
+				t.Errorf("%s = %v", MetricScrapeErrors, got)
+			}
 			stats, err := c.Stats(ctx)
-			if err != nil || len(stats) != 2 {
+			i := slices.IndexFunc(stats, func(s QueueStat) bool { return s.Queue == dlq })
+			if err != nil || len(stats) != 3 || i < 0 {
 				t.Fatalf("Stats: %+v %v", stats, err)
 			}
-			age := stats[0].OldestAge
-			if stats[0].Label != q || age < 85*time.Second || age > 95*time.Second {
-				t.Errorf("oldest age %v of %+v", age, stats[0])
+			if age := stats[i].OldestAge; stats[i].Label != q || age < 85*time.Second || age > 95*time.Second {
+				t.Errorf("oldest age %v of %+v", age, stats[i])
 			}
 			// Within MinInterval the broker is not read again.
 			deadLetter(t, f.b, q, "d", ReasonTaskFailed, now)

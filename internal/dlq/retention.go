@@ -2,6 +2,7 @@ package dlq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -101,6 +102,9 @@ func Trim(ctx context.Context, b broker.Browser, dlq string, r Retention, o Trim
 	var excess int64
 	if r.MaxLength > 0 {
 		n, err := b.Depth(ctx, dlq)
+		if errors.Is(err, broker.ErrQueueNotFound) {
+			return rep, nil // never declared: empty
+		}
 		if err != nil {
 			return rep, fmt.Errorf("dlq: retention of %s: %w", dlq, err)
 		}

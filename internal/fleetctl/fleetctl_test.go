@@ -31,12 +31,9 @@ import (
 	"denis.io/fleet/internal/protocol"
 )
 
-// The tests run fleetctl in-process against the real RabbitMQ and Redis (DB 8), on queues
-// of their own.
-const (
-	amqpURL  = "amqp://guest:guest@127.0.0.1:5672//"
-	redisURL = "redis://127.0.0.1:6379/8"
-)
+// The tests run fleetctl in-process against the real RabbitMQ (in a virtual host of their
+// own) and Redis (DB 8), on queues of their own.
+const redisURL = "redis://127.0.0.1:6379/8"
 
 // syncBuffer is a bytes.Buffer safe for a command running in another goroutine.
 type syncBuffer struct {
@@ -93,19 +90,72 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// env is one broker for a test: its URL, a connection to seed and inspect it, and a
-// unique work queue whose queues are deleted at cleanup.
+// env is one broker for a test: its URL and a connection to seed and inspect it.
 type env struct {
 	name, url string
+	vhost     string // RabbitMQ
 	b         broker.Broker
 	br        broker.Browser
-	queue     string
+}
+
+// testVhost is a RabbitMQ virtual host private to this package's tests (see TestMain), so
+// that the commands that go over every queue of a vhost see only the tests' queues.
+var testVhost string
+
+func TestMain(m *testing.M) {
+	testVhost = "fleetctl-test-" + randHex(4)
+	if err := vhost(http.MethodPut, testVhost); err != nil {
+		fmt.Fprintln(os.Stderr, "creating a RabbitMQ vhost:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = vhost(http.MethodDelete, testVhost)
+	os.Exit(code)
+}
+
+// vhost creates (PUT) or deletes (DELETE) a vhost open to guest, through the management
+// API when it answers, else with rabbitmqctl.
+func vhost(method, name string) error {
+	api := "http://127.0.0.1:15672/api"
+	call := func(method, path, body string) error {
+		req, err := http.NewRequest(method, api+path, strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.SetBasicAuth("guest", "guest")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("%s %s: HTTP %d", method, path, resp.StatusCode)
+		}
+		return nil
+	}
+	if err := call(http.MethodGet, "/whoami", ""); err == nil {
+		if err := call(method, "/vhosts/"+name, ""); err != nil || method == http.MethodDelete {
+			return err
+		}
+		return call(http.MethodPut, "/permissions/"+name+"/guest", `{"configure":".*","write":".*","read":".*"}`)
+	}
+	cmds := [][]string{{"add_vhost", name}, {"set_permissions", "-p", name, "guest", ".*", ".*", ".*"}}
+	if method == http.MethodDelete {
+		cmds = [][]string{{"delete_vhost", name}}
+	}
+	for _, args := range cmds {
+		if out, err := exec.Command("rabbitmqctl", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("rabbitmqctl %v: %w: %s", args, err, out)
+		}
+	}
+	return nil
 }
 
 func brokers(t *testing.T) []*env {
 	t.Helper()
 	var out []*env
-	for _, u := range []string{amqpURL, redisURL} {
+	for _, u := range []string{"amqp://guest:guest@127.0.0.1:5672/" + testVhost, redisURL} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		b, err := connect.Broker(ctx, u, connect.BrokerOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		cancel()
@@ -113,6 +163,9 @@ func brokers(t *testing.T) []*env {
 			t.Fatalf("%s: %v", u, err)
 		}
 		e := &env{name: strings.Split(u, ":")[0], url: u, b: b, br: b.(broker.Browser)}
+		if e.name == "amqp" {
+			e.vhost = strings.TrimPrefix(u, "amqp://guest:guest@127.0.0.1:5672/")
+		}
 		t.Cleanup(func() { _ = b.Close() })
 		out = append(out, e)
 	}
@@ -258,8 +311,13 @@ func TestDLQCommands(t *testing.T) {
 				if i < 0 || qs[i].Messages != 6 || qs[i].Origin != q || qs[i].OldestAgeSeconds == nil {
 					t.Errorf("ls: %+v", qs)
 				}
+				if e.name == "amqp" && slices.ContainsFunc(qs, func(x queueOut) bool { return !strings.HasPrefix(x.Queue, "fctl_") }) {
+					t.Errorf("ls lists queues of another vhost: %+v", qs)
+				}
 			} else if e.name == "redis" || !strings.Contains(r.stderr, "management API") {
 				t.Errorf("ls: exit %d: %s", r.code, r.stderr)
+			} else {
+				t.Log("RabbitMQ management API down: ls without a queue not tested")
 			}
 			// ls QUEUE (work queue and DLQ names alike), filters, pages.
 			all := jsonOut[[]entryOut](t, mustRun(t, append(b, "-o", "json", "dlq", "ls", q)...))
@@ -376,7 +434,7 @@ func TestReplayInterrupted(t *testing.T) {
 // declared (no arguments) into its DLQ, where fleetctl reads their x-death.
 func TestSetupRabbitMQ(t *testing.T) {
 	e := brokers(t)[0]
-	mgmt, err := amqp.NewManagement(amqpURL, "")
+	mgmt, err := amqp.NewManagement(e.url, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +443,6 @@ func TestSetupRabbitMQ(t *testing.T) {
 	policy := PolicyPrefix + q
 	t.Cleanup(func() {
 		_ = mgmt.DeletePolicy(context.Background(), policy)
-		_ = exec.Command("rabbitmqctl", "clear_policy", "-p", "/", policy).Run()
 		_ = mgmt.DeletePolicy(context.Background(), "user-"+q)
 	})
 	if apiUp {
@@ -394,7 +451,7 @@ func TestSetupRabbitMQ(t *testing.T) {
 			Priority: 3, Definition: map[string]any{"max-length": 100000}}); err != nil {
 			t.Fatal(err)
 		}
-		out := jsonOut[[]setupOut](t, mustRun(t, "-b", amqpURL, "-o", "json", "dlq", "setup", q))
+		out := jsonOut[[]setupOut](t, mustRun(t, "-b", e.url, "-o", "json", "dlq", "setup", q))
 		if len(out) != 1 || out[0].Status != "policy applied" || out[0].Priority != 4 || out[0].Definition["max-length"] == nil ||
 			out[0].Definition["dead-letter-routing-key"] != q+".dlq" || !strings.Contains(out[0].Note, "user-"+q) {
 			t.Fatalf("setup: %+v", out)
@@ -403,22 +460,22 @@ func TestSetupRabbitMQ(t *testing.T) {
 		t.Log("management API down: testing the printed rabbitmqctl command")
 	}
 	// The printed command, run as printed, sets the same policy.
-	printed := mustRun(t, "-b", amqpURL, "dlq", "setup", q, "--print", "--priority", "5")
+	printed := mustRun(t, "-b", e.url, "dlq", "setup", q, "--print", "--priority", "5")
 	line := strings.TrimSpace(printed.out)
-	if !strings.HasPrefix(line, "rabbitmqctl set_policy -p '/' --priority 5 --apply-to queues '"+policy+"'") {
+	if !strings.HasPrefix(line, "rabbitmqctl set_policy -p '"+e.vhost+"' --priority 5 --apply-to queues '"+policy+"'") {
 		t.Fatalf("printed %q", line)
 	}
 	if out, err := exec.Command("sh", "-c", line).CombinedOutput(); err != nil {
 		t.Fatalf("running the printed command: %v\n%s", err, out)
 	}
 	waitFor(t, "the policy on the queue", func() bool {
-		out, _ := exec.Command("rabbitmqctl", "list_queues", "-p", "/", "name", "policy").Output()
+		out, _ := exec.Command("rabbitmqctl", "list_queues", "-p", e.vhost, "name", "policy").Output()
 		return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(q) + `\s+` + regexp.QuoteMeta(policy) + `$`).Match(out)
 	})
 
 	// A consumer rejects without requeue (what Python's Reject(requeue=False) sends), and a
 	// message's TTL runs out.
-	conn, err := amqp091.Dial(amqpURL)
+	conn, err := amqp091.Dial(e.url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +508,7 @@ func TestSetupRabbitMQ(t *testing.T) {
 		}
 	}
 	waitFor(t, "both in the DLQ", func() bool { return e.depth(t, q+".dlq") == 2 })
-	got := jsonOut[[]entryOut](t, mustRun(t, "-b", amqpURL, "-o", "json", "dlq", "ls", q))
+	got := jsonOut[[]entryOut](t, mustRun(t, "-b", e.url, "-o", "json", "dlq", "ls", q))
 	want := map[string]string{"py.rejects": dlq.ReasonRejected, "py.expires": dlq.ReasonExpired}
 	for _, en := range got {
 		if want[en.Task] != en.Reason || en.Source != "broker" || en.Origin != q || en.Attempts != 1 || en.Time == nil {
@@ -459,7 +516,7 @@ func TestSetupRabbitMQ(t *testing.T) {
 		}
 	}
 	// Replayed, the rejected one is a plain message again.
-	mustRun(t, "-b", amqpURL, "dlq", "replay", q, "--all", "--task", "py.rejects")
+	mustRun(t, "-b", e.url, "dlq", "replay", q, "--all", "--task", "py.rejects")
 	d, ok, err := ch.Get(q, true)
 	if err != nil || !ok || d.Headers["x-death"] != nil || d.Headers[dlq.HeaderReplayed] == nil || d.Headers[dlq.HeaderAttempts] == nil {
 		t.Errorf("replayed: ok %v err %v headers %v", ok, err, d.Headers)

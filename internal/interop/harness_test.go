@@ -68,7 +68,8 @@ func startWorker(t *testing.T, args ...string) *workerProc {
 	t.Helper()
 	full := append([]string{"--log-format", "json", "--log-level", "debug"}, args...)
 	cmd := exec.Command(workerBin, full...)
-	cmd.Env = append(os.Environ(), "CELERY_BROKER_URL=", "CELERY_RESULT_BACKEND=")
+	// Several workers run at once: each serves its metrics on a free port.
+	cmd.Env = append(os.Environ(), "CELERY_BROKER_URL=", "CELERY_RESULT_BACKEND=", "FLEET_METRICS_ADDR=127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -195,9 +196,15 @@ func (p *workerProc) stop(sig syscall.Signal) int {
 // python runs a scenario from py/scenarios.py and returns its final JSON object.
 func python(t *testing.T, scenario string, env map[string]string) map[string]any {
 	t.Helper()
+	return pythonScript(t, "py/scenarios.py", scenario, env)
+}
+
+// pythonScript runs a scenario of a script in py/ and returns its final JSON object.
+func pythonScript(t *testing.T, script, scenario string, env map[string]string) map[string]any {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "/usr/bin/python3", "py/scenarios.py", scenario)
+	cmd := exec.CommandContext(ctx, "/usr/bin/python3", script, scenario)
 	cmd.Env = os.Environ()
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)

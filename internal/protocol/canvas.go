@@ -462,7 +462,9 @@ func applyChain(out *Applied, s Signature, args []any, kwargs, options map[strin
 		}
 		i++
 		if len(linkErr) > 0 {
-			t.Options["link_error"] = append(slices.Clone(asList(t.Options["link_error"])), linkErr...)
+			if err := addLinkError(&t, linkErr); err != nil {
+				return nil, fmt.Errorf("protocol: chain: link_error: %w", err)
+			}
 		}
 		prepared = append(prepared, t)
 		prevID = id
@@ -492,6 +494,40 @@ func applyChain(out *Applied, s Signature, args []any, kwargs, options map[strin
 		return nil, err
 	}
 	return resultTuple(prevIDOf(prepared)), nil
+}
+
+// addLinkError is Signature.link_error for each kind: a chord passes the errbacks to its
+// body, a group to each of its members, a task keeps them in options.link_error.
+func addLinkError(s *Signature, ebs []any) error {
+	switch s.Type() {
+	case SubtaskChord:
+		body, err := toSignature(s.Kwargs["body"])
+		if err != nil {
+			return err
+		}
+		body = body.clone()
+		if err := addLinkError(&body, ebs); err != nil {
+			return err
+		}
+		s.Kwargs["body"] = body
+	case SubtaskGroup:
+		items, err := signatureItems(s.Kwargs["tasks"])
+		if err != nil {
+			return err
+		}
+		tasks := make([]any, len(items))
+		for i, it := range items {
+			it = it.clone()
+			if err := addLinkError(&it, ebs); err != nil {
+				return err
+			}
+			tasks[i] = it
+		}
+		s.Kwargs["tasks"] = tasks
+	default:
+		s.Options["link_error"] = append(slices.Clone(asList(s.Options["link_error"])), ebs...)
+	}
+	return nil
 }
 
 // prevIDOf is the id of the chain's last step (the chain's result).

@@ -96,7 +96,13 @@ type Limiter struct {
 	now     func() time.Time
 	warned  atomic.Bool
 	waiting atomic.Int64
+	// storeDownUntil (UnixNano) skips the store for a while after it failed, so that an
+	// unreachable Redis does not slow every reservation down.
+	storeDownUntil atomic.Int64
 }
+
+// storeRetryAfter is how long the local bucket is used after the store failed.
+const storeRetryAfter = 5 * time.Second
 
 // New returns a limiter for the given task → rate table (Celery syntax, see ParseRate).
 // store may be nil, in which case SetFleetWide(true) has no effect beyond a warning.
@@ -178,15 +184,18 @@ func (l *Limiter) Reserve(ctx context.Context, task string) (time.Duration, erro
 	if !ok {
 		return 0, nil
 	}
-	if l.fleet.Load() && l.store != nil {
+	if l.fleet.Load() && l.store != nil && l.now().UnixNano() >= l.storeDownUntil.Load() {
 		d, err := l.store.Reserve(ctx, task, r.Interval())
 		if err == nil {
-			l.warned.Store(false)
+			if l.warned.Swap(false) {
+				l.log.Info("ratelimit: fleet-wide store recovered")
+			}
 			return d, nil
 		}
 		if ctx.Err() != nil {
 			return 0, context.Cause(ctx)
 		}
+		l.storeDownUntil.Store(l.now().Add(storeRetryAfter).UnixNano())
 		if !l.warned.Swap(true) {
 			l.log.Warn("ratelimit: fleet-wide store failed; using this worker's bucket until it recovers",
 				"task", task, "error", err)

@@ -326,17 +326,15 @@ func (w *Worker) receive(ctx context.Context, d *broker.Delivery) {
 		w.track(func() { w.rejectUndecodable(d, err) })
 		return
 	}
-	j := &job{d: d, t: t, tc: w.cfg.Tasks.For(t.Name), received: time.Now(), gone: make(chan struct{})}
+	h, known := w.registry.Lookup(t.Name)
+	j := &job{d: d, t: t, tc: w.cfg.Tasks.For(t.Name), h: h, received: time.Now(), gone: make(chan struct{})}
 	w.mu.Lock()
 	w.inflight[j] = struct{}{}
 	w.mu.Unlock()
-
-	h, ok := w.registry.Lookup(t.Name)
-	if !ok {
+	if !known {
 		w.track(func() { w.rejectUnknown(j) })
 		return
 	}
-	j.h = h
 	if reason := w.revokedReason(ctx, j); reason != "" {
 		w.track(func() { w.discard(j, reason) })
 		return

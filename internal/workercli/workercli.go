@@ -58,6 +58,7 @@ type Options struct {
 	MaxETATasks        int
 	RateLimitRedis     string
 	RateLimitFleet     bool
+	Observe            ObserveOptions // events, remote control, metrics, tracing (observe.go)
 }
 
 const usageHead = `Usage: worker [options]
@@ -108,6 +109,7 @@ func Parse(args []string, env []string, helpOut io.Writer) (*Options, error) {
 	fs.IntVar(&o.MaxETATasks, "max-eta-tasks", 1000, "ETA/countdown messages held in memory at most; more are handed back (env FLEET_MAX_ETA_TASKS)")
 	fs.StringVar(&o.RateLimitRedis, "rate-limit-redis", "", "Redis URL for fleet-wide rate limits (default: the broker or result backend when it is Redis) (env FLEET_RATE_LIMIT_REDIS)")
 	fs.BoolVar(&o.RateLimitFleet, "rate-limit-fleet", false, "share each task's rate_limit across the fleet through Redis instead of per worker (env FLEET_RATE_LIMIT_FLEET)")
+	obsEnv := o.Observe.addFlags(fs)
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 
 	// Environment first, so that flags given on the command line win.
@@ -128,6 +130,9 @@ func Parse(args []string, env []string, helpOut io.Writer) (*Options, error) {
 		"max-eta-tasks":       {"FLEET_MAX_ETA_TASKS"},
 		"rate-limit-redis":    {"FLEET_RATE_LIMIT_REDIS"},
 		"rate-limit-fleet":    {"FLEET_RATE_LIMIT_FLEET"},
+	}
+	for k, v := range obsEnv {
+		envNames[k] = v
 	}
 	for flagName, names := range envNames {
 		if v, ok := get(names...); ok {
@@ -191,7 +196,7 @@ func (o *Options) validate() error {
 			return fmt.Errorf("bad --rate-limit-redis URL %q: must be redis:// or rediss://", connect.Redact(o.RateLimitRedis))
 		}
 	}
-	return nil
+	return o.Observe.validate()
 }
 
 // rateLimitRedisURL is the Redis fleet-wide rate limits use: the flag, else the broker,
@@ -285,8 +290,15 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 		return ExitUnavailable
 	}
 	defer b.Close()
+	obs, err := newObservability(ctx, o, hostname, b, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "worker: %v\n", err)
+		return ExitConfig
+	}
+	log = obs.Logger(log)
+	pub := obs.Broker() // b, writing the task's trace context on what it publishes
 	startCtx, cancelStart = context.WithTimeout(ctx, 15*time.Second)
-	rb, err := connect.Results(startCtx, o.ResultBackend, b, result.Options{Logger: log})
+	rb, err := connect.Results(startCtx, o.ResultBackend, pub, result.Options{Logger: log})
 	cancelStart()
 	if err != nil {
 		fmt.Fprintf(stderr, "worker: %v\n", err)
@@ -312,14 +324,20 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 		return ExitConfig
 	}
 	defer closeLimiter()
+	reg.Use(obs.Middleware()...)
 	w := worker.New(worker.Config{
 		Hostname: hostname, Queues: queues, Concurrency: o.Concurrency,
 		PrefetchMultiplier: o.PrefetchMultiplier, ShutdownTimeout: o.ShutdownTimeout,
 		Tasks: taskCfg, Logger: log, DefaultQueue: o.DefaultQueue, MaxETATasks: o.MaxETATasks,
-		RateLimiter: limiter,
-	}, b, rb, reg)
+		RateLimiter: limiter, Revoked: obs.Revoked(), Observers: obs.Observers(),
+	}, pub, rb, reg)
 	log.Info("starting fleet worker", "version", Version, "hostname", hostname,
 		"broker", connect.Redact(o.Broker), "result_backend", connect.Redact(o.ResultBackend))
+	if err := obs.Start(ctx, w, reg, func() { obs.Drain(); stop() }); err != nil {
+		fmt.Fprintf(stderr, "worker: %v\n", err)
+		return ExitUnavailable
+	}
+	defer obs.Stop()
 
 	go func() {
 		n := 0
@@ -327,6 +345,7 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 			n++
 			if n == 1 {
 				log.Info("signal received: warm shutdown (send again to stop now)", "signal", s.String())
+				obs.Drain()
 				stop()
 				continue
 			}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,9 @@ type Config struct {
 	// Restart starts a replacement after a worker was killed (after RestartDelay).
 	Restart      bool
 	RestartDelay time.Duration
+	// MetricsAddrFlag, when set (the worker's "--metrics-addr"), gives each worker its
+	// own free loopback port for /metrics, reported in Member.MetricsURL.
+	MetricsAddrFlag string
 	// ReadyTimeout bounds the wait for "worker ready" in a new worker's log.
 	ReadyTimeout time.Duration
 	Logger       *slog.Logger
@@ -44,6 +48,8 @@ type Member struct {
 	Slot int
 	Name string // its node name
 	PID  int
+	// MetricsURL is its /metrics endpoint ("" when Config.MetricsAddrFlag is not set).
+	MetricsURL string
 }
 
 type proc struct {
@@ -114,6 +120,15 @@ func (f *Fleet) spawn(slot int) (*proc, error) {
 		args = append(args, strings.ReplaceAll(a, "{i}", strconv.Itoa(slot)))
 	}
 	args = append(args, "--hostname", name)
+	metricsURL := ""
+	if f.cfg.MetricsAddrFlag != "" {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, f.cfg.MetricsAddrFlag, addr)
+		metricsURL = "http://" + addr + "/metrics"
+	}
 	cmd := exec.Command(f.cfg.Bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var logw io.WriteCloser = nopCloser{io.Discard}
@@ -132,7 +147,7 @@ func (f *Fleet) spawn(slot int) (*proc, error) {
 		return nil, fmt.Errorf("localfleet: start worker %d: %w", slot, err)
 	}
 	host, _ := os.Hostname()
-	p := &proc{Member: Member{Slot: slot, Name: strings.ReplaceAll(name, "%h", host), PID: cmd.Process.Pid},
+	p := &proc{Member: Member{Slot: slot, Name: strings.ReplaceAll(name, "%h", host), PID: cmd.Process.Pid, MetricsURL: metricsURL},
 		cmd: cmd, done: make(chan struct{}), ready: make(chan struct{}), log: logw}
 	f.procs[slot] = p
 	f.wg.Add(2)
@@ -273,6 +288,29 @@ func (f *Fleet) Stop(grace time.Duration) error {
 	return errors.Join(errs...)
 }
 
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("localfleet: free port: %w", err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr, nil
+}
+
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// SupportsFlag reports whether the worker binary's --help lists flag (for optional
+// features of newer workers, such as --metrics-addr).
+func SupportsFlag(ctx context.Context, bin, flag string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "--help").Output()
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(out), flag+" ")
+}

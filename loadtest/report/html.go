@@ -57,6 +57,12 @@ Broker <code>{{.R.Broker}}</code>, results <code>{{.R.Backend}}</code>, queues <
 <p>Sent {{num .R.SentPerS}} tasks/s, completed {{num .R.ThroughputPerS}} tasks/s on average.
 {{if .R.Producer.FellBehind}}<b class="fail">The producer fell behind its schedule</b> ({{.R.Producer.Late}} publishes more than 100 ms late): the offered load was lower than planned.{{end}}</p>
 
+{{with .R.Chaos}}{{if or .WorkersKilled .ConnectionCuts .BrokerRestarts .RestartFailures}}<h2>Chaos</h2><ul>
+{{range $i, $w := .WorkersKilled}}<li>SIGKILL {{$w}} at {{num (index $.R.Chaos.KillTimesS $i)}} s</li>{{end}}
+{{range .ConnectionCuts}}<li>broker connections of the local workers cut at {{num .}} s</li>{{end}}
+{{range .BrokerRestarts}}<li>broker restarted at {{num .}} s</li>{{end}}
+{{range .RestartFailures}}<li class="fail">broker restart failed: {{.}}</li>{{end}}
+</ul>{{end}}{{end}}
 <h2>By task class</h2>
 <table><tr><th>class</th><th>kind</th><th>task</th><th>published</th><th>succeeded</th><th>failed</th><th>dead-lettered</th><th>injected</th><th>p50 s</th><th>p99 s</th></tr>
 {{range .R.Classes}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{.Task}}</td><td>{{.Published}}</td><td>{{.Succeeded}}</td><td>{{.Failed}}</td><td>{{.DeadLettered}}</td><td>{{.Injected}}</td><td>{{num .LatencyS.P50}}</td><td>{{num .LatencyS.P99}}</td></tr>

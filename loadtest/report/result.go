@@ -101,14 +101,18 @@ type Result struct {
 	LatencyS  stats.Summary `json:"latency_s"`
 	OverheadS stats.Summary `json:"overhead_s"`
 	// ThroughputPerS is completions per second over the send window.
-	ThroughputPerS   float64        `json:"throughput_per_s"`
-	SentPerS         float64        `json:"sent_per_s"`
-	MaxDepth         map[string]int `json:"max_depth"`
-	FailuresByReason map[string]int `json:"failures_by_reason"`
-	DLQByReason      map[string]int `json:"dlq_by_reason"`
-	Classes          []ClassStats   `json:"classes"`
-	Producer         Producer       `json:"producer"`
-	Chaos            Chaos          `json:"chaos"`
+	ThroughputPerS float64        `json:"throughput_per_s"`
+	SentPerS       float64        `json:"sent_per_s"`
+	MaxDepth       map[string]int `json:"max_depth"`
+	// WorkersScraped is how many workers' /metrics were read; WorkerQueueWaitMeanS is the
+	// mean of their celery_task_queue_wait_time (the x-fleet-sent-at header's use).
+	WorkersScraped       int            `json:"workers_scraped"`
+	WorkerQueueWaitMeanS *float64       `json:"worker_queue_wait_mean_s,omitempty"`
+	FailuresByReason     map[string]int `json:"failures_by_reason"`
+	DLQByReason          map[string]int `json:"dlq_by_reason"`
+	Classes              []ClassStats   `json:"classes"`
+	Producer             Producer       `json:"producer"`
+	Chaos                Chaos          `json:"chaos"`
 	// MissingIDs lists up to 100 missing task ids.
 	MissingIDs []string           `json:"missing_ids,omitempty"`
 	Decisions  []observe.Decision `json:"autoscaler_decisions,omitempty"`

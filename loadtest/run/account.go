@@ -70,7 +70,6 @@ type record struct {
 	retries int // RETRY states written
 	ready   int // ready states written (SUCCESS/FAILURE/REVOKED notices)
 	final   Category
-	dlqWhy  string
 }
 
 // duplicate reports whether the task ran more often than its own retries explain, or had

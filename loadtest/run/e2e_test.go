@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -321,6 +322,7 @@ func TestE2EBrokerRestart(t *testing.T) {
 		t.Fatalf("dedicated redis-server: %v: %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("redis-cli", "-p", strconv.Itoa(port), "shutdown", "nosave").Run() })
+	firstRunID := redisRunID(t, port)
 
 	queue := uniqueQueue(t)
 	var out *Outcome
@@ -345,5 +347,27 @@ tasks:
 	if r.Succeeded != r.Published {
 		t.Errorf("succeeded %d of %d (queued %d, in flight %d)", r.Succeeded, r.Published, r.Queued, r.InFlight)
 	}
+	info, err := exec.Command("redis-cli", "-p", strconv.Itoa(port), "info", "server").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(info), "uptime_in_seconds:") || strings.Contains(string(info), "run_id:"+firstRunID) {
+		t.Fatalf("the dedicated broker was not restarted:\n%s", info)
+	}
 	t.Logf("published %d, publish errors %d, duplicates %d, p99 %.2fs", r.Published, r.Producer.PublishErrors, r.Duplicates, r.LatencyS.P99)
+}
+
+func redisRunID(t *testing.T, port int) string {
+	t.Helper()
+	info, err := exec.Command("redis-cli", "-p", strconv.Itoa(port), "info", "server").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
+			return id
+		}
+	}
+	t.Fatalf("no run_id in INFO server")
+	return ""
 }

@@ -203,7 +203,18 @@ func (r *runner) account(ctx context.Context, sendEnd, drainEnd time.Duration) (
 	r.tl.mu.Lock()
 	maps.Copy(res.MaxDepth, r.tl.maxDepth)
 	cpuAfter := slices.Clone(r.tl.cpuAfter)
+	var waitSum, waitCount float64
+	for _, vals := range r.tl.scraped {
+		waitSum += vals["celery_task_queue_wait_time_sum"]
+		waitCount += vals["celery_task_queue_wait_time_count"]
+	}
+	res.WorkersScraped = len(r.tl.scraped)
 	r.tl.mu.Unlock()
+	if waitCount > 0 {
+		res.WorkerQueueWaitMeanS = ptr(waitSum / waitCount)
+		r.addNote(fmt.Sprintf("The workers' own celery_task_queue_wait_time (from the %s header, scraped from %d /metrics endpoints): mean %.3f s over %.0f tasks.",
+			broker.HeaderSentAt, res.WorkersScraped, waitSum/waitCount, waitCount))
+	}
 	m := Measured{Notes: map[string]string{}}
 	if res.LatencyS.Count > 0 {
 		m.E2EP99 = ptr(res.LatencyS.P99)

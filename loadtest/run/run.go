@@ -266,8 +266,12 @@ func (r *runner) startFleet(ctx context.Context) error {
 		"--visibility-timeout", r.cfg.VisibilityTimeout.String(), "--config", cfgFile,
 		"--log-format", "json"}
 	args = append(args, r.cfg.WorkerArgs...)
+	metricsFlag := ""
+	if localfleet.SupportsFlag(ctx, r.cfg.WorkerBin, "--metrics-addr") && !hasFlag(r.cfg.WorkerArgs, "--metrics-addr") {
+		metricsFlag = "--metrics-addr" // each worker its own port, scraped
+	}
 	f, err := localfleet.Start(ctx, localfleet.Config{Bin: r.cfg.WorkerBin, Count: r.cfg.LocalWorkers, Args: args,
-		LogDir: logDir, Restart: r.cfg.RestartKilled, RestartDelay: r.cfg.RestartDelay, Logger: r.log})
+		LogDir: logDir, Restart: r.cfg.RestartKilled, RestartDelay: r.cfg.RestartDelay, MetricsAddrFlag: metricsFlag, Logger: r.log})
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
@@ -302,6 +306,15 @@ func (r *runner) writeWorkerConfig() (string, error) {
 		return "", fmt.Errorf("run: worker config: %w", err)
 	}
 	return f.Name(), nil
+}
+
+func hasFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || strings.HasPrefix(a, flag+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *runner) stopFleet() {

@@ -29,11 +29,13 @@ type timeline struct {
 	cpu      map[string]*stats.Series // percent of the worker's CPU
 	rss      map[string]*stats.Series // MiB
 	cpuAfter []float64                // CPU samples after warm-up
+	// scraped holds the last /metrics values of each worker that exposes them.
+	scraped map[string]map[string]float64
 }
 
 func newTimeline() *timeline {
 	return &timeline{depth: map[string]*stats.Series{}, maxDepth: map[string]int{},
-		cpu: map[string]*stats.Series{}, rss: map[string]*stats.Series{},
+		cpu: map[string]*stats.Series{}, rss: map[string]*stats.Series{}, scraped: map[string]map[string]float64{},
 		workers: stats.Series{Name: "workers"}, desired: stats.Series{Name: "desired replicas (autoscaler)"}}
 }
 
@@ -183,6 +185,13 @@ func (r *runner) sampleWorkers(ctx context.Context, client *http.Client, meter *
 				continue // it has just died
 			}
 			record(m.Name, s.CPUSeconds, s.RSSBytes)
+			if m.MetricsURL != "" {
+				if vals, err := observe.Scrape(ctx, client, m.MetricsURL); err == nil {
+					r.tl.mu.Lock()
+					r.tl.scraped[m.Name] = vals
+					r.tl.mu.Unlock()
+				}
+			}
 		}
 	}
 	for _, u := range r.metricsURLs(members) {
@@ -195,6 +204,9 @@ func (r *runner) sampleWorkers(ctx context.Context, client *http.Client, meter *
 			continue
 		}
 		record(u, cpu, int64(vals["process_resident_memory_bytes"]))
+		r.tl.mu.Lock()
+		r.tl.scraped[u] = vals
+		r.tl.mu.Unlock()
 	}
 	r.tl.mu.Lock()
 	r.tl.workers.Add(off, float64(n))

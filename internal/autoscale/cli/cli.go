@@ -1,5 +1,5 @@
 // Package cli is the `autoscaler` command line: it parses the subcommands and their flags and
-// runs them. `autoscaler simulate` drives the simulator in package sim (the baselines' grid
+// runs them. `autoscaler run` is the autoscaler itself (run.go); `autoscaler simulate` drives the simulator in package sim (the baselines' grid
 // search, every trace and seed, the report); the command's main package only calls Main.
 package cli
 
@@ -19,6 +19,9 @@ import (
 	"denis.io/fleet/internal/autoscale/sim"
 )
 
+// Version is set at build time (-ldflags "-X denis.io/fleet/internal/autoscale/cli.Version=…").
+var Version = "dev"
+
 // Exit codes, as sysexits.h.
 const (
 	ExitOK      = 0
@@ -31,6 +34,9 @@ const usage = `Usage: autoscaler <command> [options]
 Sizes the fleet's worker Deployment from broker truth and worker load.
 
 Commands:
+  run        run the autoscaler: size worker Deployments through /scale (--target
+             kubernetes, the default) or worker processes on this machine (--target local);
+             with only options (autoscaler --config=…), run is implied
   simulate   run the deterministic simulator: the traces T0-T6 of autoscaling.md §6 against
              the HPA on CPU, KEDA queue length, KEDA queue length + message rate, this
              autoscaler's policy and the perfect-foresight oracle, and report §6.3's metrics
@@ -46,6 +52,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	switch args[0] {
+	case "run":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runCmd(ctx, args[1:], os.Environ(), stdout, stderr)
 	case "simulate":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -53,6 +63,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return ExitOK
+	}
+	if strings.HasPrefix(args[0], "-") {
+		// The chart's form: `autoscaler --target=kubernetes --config=…` runs the autoscaler.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runCmd(ctx, args, os.Environ(), stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "autoscaler: unknown command %q\n\n%s", args[0], usage)
 	return ExitUsage

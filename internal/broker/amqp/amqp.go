@@ -459,7 +459,8 @@ func callChannel[T any](ctx context.Context, b *Broker, s *session, fn func(*amq
 }
 
 // Depth returns the number of ready messages in queue (a passive declare on a
-// short-lived channel). It fails if the queue does not exist.
+// short-lived channel). It fails if the queue does not exist, with an error that
+// matches broker.ErrQueueNotFound.
 func (b *Broker) Depth(ctx context.Context, queue string) (int64, error) {
 	s, err := b.cons.wait(ctx)
 	if err != nil {
@@ -469,6 +470,9 @@ func (b *Broker) Depth(ctx context.Context, queue string) (int64, error) {
 		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 		return int64(q.Messages), err
 	})
+	if isNotFound(err) {
+		return 0, fmt.Errorf("amqp: depth of %q: %w: %w", queue, broker.ErrQueueNotFound, err)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("amqp: depth of %q: %w", queue, err)
 	}

@@ -46,8 +46,9 @@ func (b *Broker) Walk(ctx context.Context, queue string, visit func(*broker.Stor
 	if err := w.open(); err != nil {
 		return fmt.Errorf("amqp: walk %q: %w", queue, err)
 	}
-	defer w.close()
-	if err := w.run(ctx, visit); err != nil {
+	err = w.run(ctx, visit)
+	w.close(len(w.pending) == 0)
+	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
@@ -68,6 +69,7 @@ type walker struct {
 	returns chan amqp091.Return
 	pending []walkItem
 	since   time.Time // when the oldest pending decision was taken
+	kept    uint64    // delivery tag of the last message kept
 }
 
 type walkItem struct {
@@ -96,12 +98,28 @@ func (w *walker) open() error {
 	return nil
 }
 
-// close drops the channel: RabbitMQ requeues what is still unacknowledged (the kept
-// messages, and any uncommitted decision).
-func (w *walker) close() {
-	if w.ch != nil && !w.ch.IsClosed() {
-		_ = w.ch.Close()
+// close hands the kept messages back and drops the channel. When every decision is
+// committed they are nacked (requeue) in a last transaction, so that they are back in the
+// queue, in their places, when Walk returns; otherwise closing the channel makes RabbitMQ
+// requeue them (and roll back the uncommitted decisions), a moment later.
+func (w *walker) close(clean bool) {
+	if w.ch == nil || w.ch.IsClosed() {
+		return
 	}
+	if clean && w.kept > 0 {
+		ctx, cancel := op()
+		_, err := call(ctx, func() (struct{}, error) {
+			if err := w.ch.Nack(w.kept, true, true); err != nil {
+				return struct{}{}, err
+			}
+			return struct{}{}, w.ch.TxCommit()
+		})
+		cancel()
+		if err != nil {
+			w.b.log.Debug("amqp: walk: handing back kept messages; the channel close does it", "queue", w.queue, "err", err)
+		}
+	}
+	_ = w.ch.Close()
 }
 
 func (w *walker) run(ctx context.Context, visit func(*broker.Stored) (broker.Decision, error)) error {
@@ -126,6 +144,9 @@ func (w *walker) run(ctx context.Context, visit func(*broker.Stored) (broker.Dec
 		})
 		cancel()
 		if err != nil {
+			if pos == 0 && isNotFound(err) {
+				return nil // no such queue: nothing in it
+			}
 			return fmt.Errorf("basic.get (%d decisions rolled back): %w", len(w.pending), err)
 		}
 		if !g.ok {
@@ -177,6 +198,7 @@ func (w *walker) decide(st *broker.Stored, d broker.Decision) error {
 	defer cancel()
 	switch d.Verdict {
 	case broker.Keep:
+		w.kept = tag
 		return nil
 	case broker.Remove:
 	case broker.Move:
@@ -323,17 +345,25 @@ func call[T any](ctx context.Context, fn func() (T, error)) (T, error) {
 	}
 }
 
-// Heads returns the message at the head of queue (read with basic.get and put back at
-// once, flagged redelivered), or nothing when the queue is empty or does not exist.
+// Heads returns the message at the head of queue (read with basic.get and put back in its
+// place before Heads returns, flagged redelivered), or nothing when the queue is empty or
+// does not exist.
 func (b *Broker) Heads(ctx context.Context, queue string) ([]*broker.Stored, error) {
 	s, err := b.cons.wait(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("amqp: heads of %q: %w", queue, err)
 	}
 	st, err := callChannel(ctx, b, s, func(ch *amqp091.Channel) (*broker.Stored, error) {
+		// Transactional, so that the message is back in place when tx.commit-ok arrives.
+		if err := ch.Tx(); err != nil {
+			return nil, err
+		}
 		d, ok, err := ch.Get(queue, false)
 		if err != nil || !ok {
 			return nil, err
+		}
+		if err := ch.Nack(d.DeliveryTag, false, true); err == nil {
+			_ = ch.TxCommit() // on failure the channel close requeues it
 		}
 		return &broker.Stored{Queue: queue, Exchange: d.Exchange, RoutingKey: d.RoutingKey,
 			Redelivered: d.Redelivered, Message: fromDelivery(&d)}, nil

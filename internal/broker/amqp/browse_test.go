@@ -68,6 +68,15 @@ func TestWalkKeepsOrder(t *testing.T) {
 	if h, err := b.Heads(context.Background(), q+"-missing"); err != nil || h != nil {
 		t.Errorf("Heads(missing) = %v, %v", h, err)
 	}
+	if got := walkBodies(t, b, q+"-missing"); len(got) != 0 {
+		t.Errorf("Walk(missing) = %v", got)
+	}
+	if _, err := b.Depth(context.Background(), q+"-missing"); !errors.Is(err, broker.ErrQueueNotFound) {
+		t.Errorf("Depth(missing) = %v, want ErrQueueNotFound", err)
+	}
+	if _, err := b.Depth(context.Background(), q); err != nil {
+		t.Errorf("Depth: %v", err)
+	}
 	if n, err := b.Purge(context.Background(), q+"-missing"); err != nil || n != 0 {
 		t.Errorf("Purge(missing) = %d, %v", n, err)
 	}
@@ -222,8 +231,9 @@ func TestWalkMoveAtomicWhenCut(t *testing.T) {
 		t.Fatal("walk survived the cut")
 	}
 	waitFor(t, 10*time.Second, "requeue of the uncommitted batch", func() bool { return a.depth(q)+a.depth(to) == n })
-	if applied != 2*walkBatch || a.depth(to) != applied {
-		t.Errorf("applied %d, destination holds %d, want %d", applied, a.depth(to), 2*walkBatch)
+	// Batches commit by size or age: what was reported applied is exactly what moved.
+	if applied == 0 || applied > 2*walkBatch+4 || a.depth(to) != applied {
+		t.Errorf("applied %d, destination holds %d (cut after %d visits)", applied, a.depth(to), 2*walkBatch+5)
 	}
 	seen := map[string]int{}
 	for _, qq := range []string{q, to} {
