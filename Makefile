@@ -11,7 +11,7 @@ STATICCHECK_VERSION := v0.8.2
 BROKER    ?= amqp://guest:guest@127.0.0.1:5672//
 BACKEND   ?= redis://127.0.0.1:6379/0
 
-.PHONY: all build run test test-go lint vet services golden bench-compare clean
+.PHONY: all build run test test-go lint vet services golden bench-compare loadtest clean
 
 all: build
 
@@ -45,5 +45,13 @@ golden: services
 bench-compare: build services
 	$(GO) run ./bench/compare
 
+# Drive a step profile at 2x the expected rate through 3 local workers; prints the verdict
+# and writes $(LOADTEST_OUT)/report.html.
+LOADTEST_OUT ?= loadtest-out
+loadtest: build services
+	$(BIN)/loadtest -b '$(BROKER)' --result-backend '$(BACKEND)' -Q loadtest \
+	  --profile step --expected-rate 10 --multiplier 2 --time-scale 5 \
+	  --local-workers 3 --worker-concurrency 16 --out $(LOADTEST_OUT)
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(LOADTEST_OUT)

@@ -63,6 +63,9 @@ stamp() {
 # stamp-inputs: anything between these markers changes the stamp (build flags, binary list).
 KUBE_PKGS="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler go.etcd.io/etcd/server/v3 sigs.k8s.io/kwok/cmd/kwok"
 KWOK_STAGES="node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete"
+# helm's own Makefile stamps its version and the Kubernetes version it assumes for `helm template`
+# and `helm lint` (otherwise 1.20) from its client-go: 1.<minor of k8s.io/client-go>.
+HELM_X=helm.sh/helm/v3
 # end-stamp-inputs
 
 build() {
@@ -100,7 +103,11 @@ build() {
 	(
 		cd "$HMOD"
 		hv=$(awk '$1 == "helm.sh/helm/v3" {print $2; exit}' go.mod)
-		go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$hv" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm
+		km=$(go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)
+		go build -trimpath -ldflags "-s -w -X $HELM_X/internal/version.version=$hv \
+			-X $HELM_X/pkg/chartutil.k8sVersionMajor=1 -X $HELM_X/pkg/chartutil.k8sVersionMinor=$km \
+			-X $HELM_X/pkg/lint/rules.k8sVersionMajor=1 -X $HELM_X/pkg/lint/rules.k8sVersionMinor=$km" \
+			-o "$tmp/helm" helm.sh/helm/v3/cmd/helm
 	)
 	for b in kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm kwok-stages.yaml; do
 		[ -s "$tmp/$b" ] || { log "missing $b after build"; exit 1; }

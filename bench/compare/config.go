@@ -127,12 +127,3 @@ func (c *config) withDefaults() {
 		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 }
-
-func (c *config) variant(name string) (variant, bool) {
-	for _, v := range c.Variants {
-		if v.Name == name {
-			return v, true
-		}
-	}
-	return variant{}, false
-}

@@ -28,6 +28,9 @@ type contender struct {
 	Python bool
 	// Reports is true for the ceiling, which prints its own acked count at exit.
 	Reports bool
+	// Profiles is true for the worker and its variants: --profile runs them under
+	// bench/profworker.
+	Profiles bool
 	// Stop is the signal that ends it once the queue is drained (default SIGTERM).
 	Stop syscall.Signal
 	// Command returns argv, environment and working directory for one run.
@@ -80,16 +83,20 @@ func cleanEnv(extra ...string) []string {
 }
 
 // workerContender is the fleet worker with its defaults (-c 8, acks_late, JSON logs at
-// info) except --prefetch-multiplier, chosen so that 8 × it equals the prefetch.
+// info, whatever observability it has on by default) except --prefetch-multiplier, chosen
+// so that 8 × it equals the prefetch. Two flags only keep it from colliding with other
+// workers on this machine: a unique node name (-n) and an ephemeral metrics port (the
+// metrics server still runs).
 func workerContender(name string, extra []string, cfg *config, bin binaries) contender {
 	mult := strconv.Itoa(cfg.Prefetch / workerDefaultConcurrency)
-	desc := "worker -b BROKER [--result-backend REDIS/10] -Q QUEUE --prefetch-multiplier " + mult
+	desc := "worker -b BROKER [--result-backend REDIS/10] -Q QUEUE -n NODE --metrics-addr 127.0.0.1:0 --prefetch-multiplier " + mult
 	if len(extra) > 0 {
 		desc += " " + strings.Join(extra, " ")
 	}
 	desc += fmt.Sprintf("   (defaults otherwise: -c %d → prefetch %d, acks_late)", workerDefaultConcurrency, cfg.Prefetch)
 	return contender{
 		Name:     name,
+		Profiles: true,
 		Describe: desc,
 		Command: func(e runEnv) ([]string, []string, string) {
 			exe := bin.Worker
@@ -102,7 +109,7 @@ func workerContender(name string, extra []string, cfg *config, bin binaries) con
 			if e.ResultURL != "" {
 				argv = append(argv, "--result-backend", e.ResultURL)
 			}
-			argv = append(argv, "-Q", e.Queue, "--prefetch-multiplier", mult)
+			argv = append(argv, "-Q", e.Queue, "-n", e.Hostname, "--metrics-addr", "127.0.0.1:0", "--prefetch-multiplier", mult)
 			argv = append(argv, extra...)
 			return argv, env, bin.Root
 		},

@@ -70,7 +70,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringSliceVar(&cfg.Brokers, "brokers", cfg.Brokers, "brokers: amqp, redis")
 	fs.StringSliceVar(&cfg.Results, "results", cfg.Results, "result modes: off, on (Redis backend, DB 10)")
 	fs.StringSliceVar(&cfg.Contenders, "contenders", cfg.Contenders, "contenders to run: worker, celery, ceiling and any --variant names")
-	variants := fs.StringArray("variant", nil, "extra worker contender NAME='--flag value ...' (the worker's flags plus these; repeatable)")
+	variants := fs.StringArray("variant", nil, "extra worker contender NAME='--flag ...': the worker's flags plus these, reported as NAME/worker; repeatable\n"+
+		"(e.g. --variant lean='--without-events --without-heartbeat --without-tracing --without-control --metrics-addr=')")
 	fs.IntVar(&cfg.Prefetch, "prefetch", cfg.Prefetch, "unacked deliveries per consumer (ceiling --prefetch; worker and celery get the multiplier that matches)")
 	fs.DurationVar(&cfg.MinDrain, "min-drain", cfg.MinDrain, "a drain shorter than this grows N for that cell's later rounds (and is flagged)")
 	quick := fs.Bool("quick", false, "fast smoke run: 1 round, small N (no speed meaning)")

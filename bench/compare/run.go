@@ -383,7 +383,7 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	if r.Results == "on" {
 		e.ResultURL = fmt.Sprintf("redis://%s/%d", cfg.RedisAddr, cfg.ResultsDB)
 	}
-	if cfg.ProfileDir != "" {
+	if cfg.ProfileDir != "" && c.Profiles {
 		e.ProfileDir = filepath.Join(cfg.ProfileDir, fmt.Sprintf("r%d-%s-results-%s-%s", r.Round, r.Broker, r.Results, c.Name))
 		if err := os.MkdirAll(e.ProfileDir, 0o755); err != nil {
 			return fmt.Errorf("profile dir: %w", err)
@@ -561,7 +561,7 @@ func (b *bench) verify(ctx context.Context, r *runResult, queue string) error {
 		}
 	}
 	if r.Results == "on" {
-		k, err := b.resultR.DBSize(ctx).Result()
+		k, err := countResults(ctx, b.resultR)
 		if err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
@@ -570,6 +570,23 @@ func (b *bench) verify(ctx context.Context, r *runResult, queue string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// countResults counts the result keys (celery-task-meta-*) in the results DB; the worker
+// may keep other state there (heartbeats, revoked ids).
+func countResults(ctx context.Context, rdb *goredis.Client) (int64, error) {
+	var n int64
+	var cursor uint64
+	for {
+		keys, next, err := rdb.Scan(ctx, cursor, "celery-task-meta-*", 10000).Result()
+		if err != nil {
+			return 0, fmt.Errorf("count results: %w", err)
+		}
+		n += int64(len(keys))
+		if cursor = next; cursor == 0 {
+			return n, nil
+		}
+	}
 }
 
 func (b *bench) deleteAMQPQueue(queue string) {

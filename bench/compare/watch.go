@@ -40,10 +40,9 @@ type watcher interface {
 // be in neither for a moment: done needs two zero polls in a row and is timed at the
 // first.
 type redisWatcher struct {
-	rdb   *goredis.Client
-	keys  []string
-	n     int64
-	first chan struct{}
+	rdb  *goredis.Client
+	keys []string
+	n    int64
 }
 
 func newRedisWatcher(ctx context.Context, rdb *goredis.Client, queue string, n int) (*redisWatcher, error) {
@@ -290,7 +289,6 @@ type rabbitRun struct {
 	m      *rabbitMonitor
 	seq    int
 	events chan rabbitEvent
-	first  time.Time
 }
 
 // next waits for the run's next event.
@@ -394,9 +392,9 @@ func (w *amqpReadyWatcher) Wait(ctx context.Context) (drain, error) {
 			continue
 		}
 		if w.results != nil {
-			k, err := w.results.DBSize(ctx).Result()
+			k, err := countResults(ctx, w.results)
 			if err != nil {
-				return d, fmt.Errorf("amqp watcher: results: %w", err)
+				return d, fmt.Errorf("amqp watcher: %w", err)
 			}
 			if k < int64(w.n) {
 				continue

@@ -100,6 +100,17 @@ while :; do sleep 0.05; done
 			if err := f.Scale(ctx, tc.replicas); err != nil {
 				t.Fatal(err)
 			}
+			// Each new worker must have set its trap before a later step signals it.
+			waitFor(t, 20*time.Second, "the workers' traps", func() bool {
+				r, _ := podNames(t, f)
+				for _, p := range r {
+					data, _ := os.ReadFile(filepath.Join(logDir, p+".log"))
+					if !strings.Contains(string(data), "started "+p) {
+						return false
+					}
+				}
+				return true
+			})
 			waitFor(t, 20*time.Second, "the fleet to settle", func() bool {
 				r, term := podNames(t, f)
 				return slices.Equal(r, tc.wantAlive) && len(term) == 0
@@ -126,7 +137,7 @@ func TestLocalFleetKillsAfterGraceAndRestartsCrashes(t *testing.T) {
 		body  string
 		check func(t *testing.T, f *LocalFleet)
 	}{
-		{"a worker ignoring SIGTERM is killed after the grace period", "trap '' TERM\nwhile :; do sleep 0.05; done\n",
+		{"a worker ignoring SIGTERM is killed after the grace period", "trap '' TERM\necho ready\nwhile :; do sleep 0.05; done\n",
 			func(t *testing.T, f *LocalFleet) {
 				if err := f.Scale(context.Background(), 0); err != nil {
 					t.Fatal(err)
@@ -145,12 +156,20 @@ func TestLocalFleetKillsAfterGraceAndRestartsCrashes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			logDir := t.TempDir()
 			f := startFleet(t, LocalConfig{Name: "w", Command: []string{script(t, tc.body)}, Grace: 500 * time.Millisecond,
-				Stderr: &strings.Builder{}})
+				LogDir: logDir})
 			if err := f.Scale(context.Background(), 1); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, 10*time.Second, "a worker", func() bool { r, _ := podNames(t, f); return len(r) == 1 })
+			if strings.Contains(tc.body, "echo ready") {
+				// Signal it only once its trap is set (the machine may be slow to start sh).
+				waitFor(t, 20*time.Second, "the worker's trap", func() bool {
+					data, _ := os.ReadFile(filepath.Join(logDir, "w-1.log"))
+					return strings.Contains(string(data), "ready")
+				})
+			}
 			tc.check(t, f)
 		})
 	}

@@ -264,7 +264,7 @@ func TestRedisRevoked(t *testing.T) {
 	if n, _ := rdb.ZCard(ctx, prefix+RevokedKey).Result(); n != 3 {
 		t.Fatalf("redis set has %d entries, want 3 (trimmed)", n)
 	}
-	rdb.ZAdd(ctx, prefix+RevokedKey, goredis.Z{Score: float64(time.Now().Add(-2*time.Hour).Unix()), Member: "stale"})
+	rdb.ZAdd(ctx, prefix+RevokedKey, goredis.Z{Score: float64(time.Now().Add(-2 * time.Hour).Unix()), Member: "stale"})
 	b := NewRedisRevoked(rdb, prefix, 0, time.Hour, quiet())
 	n, err := b.Sync(ctx)
 	if err != nil || n != 3 {

@@ -120,6 +120,9 @@ type dlqBroker struct {
 	name, url, backend string
 	b                  broker.Broker
 	br                 broker.Browser
+
+	mu  sync.Mutex
+	ids []string // task ids whose results to delete
 }
 
 func dlqBrokers(t *testing.T) []*dlqBroker {
@@ -146,14 +149,59 @@ func (d *dlqBroker) queue(t *testing.T, prefix string) string {
 		if d.name == "redis" {
 			c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: dlqRedisDB})
 			defer c.Close()
-			keys, _ := c.Keys(context.Background(), q+"*").Result()
-			keys = append(keys, "_kombu.binding."+q, "_kombu.binding."+q+".dlq")
-			c.Del(context.Background(), keys...)
-			return
+			ctx := context.Background()
+			keys, _ := c.Keys(ctx, q+"*").Result()
+			more, _ := c.Keys(ctx, "fleet:metrics:queue:"+q+"*").Result()
+			keys = append(append(keys, more...), "_kombu.binding."+q, "_kombu.binding."+q+".dlq")
+			c.Del(ctx, keys...)
+			// What the test's workers registered (named after the queue).
+			pidbox, _ := c.SMembers(ctx, "_kombu.binding.celery.pidbox").Result()
+			for _, m := range pidbox {
+				if strings.Contains(m, q) {
+					c.SRem(ctx, "_kombu.binding.celery.pidbox", m)
+				}
+			}
+			workers, _ := c.ZRange(ctx, "fleet:workers", 0, -1).Result()
+			for _, m := range workers {
+				if strings.Contains(m, q) {
+					c.ZRem(ctx, "fleet:workers", m)
+				}
+			}
+		} else {
+			amqpFixture().cleanup(q, q+".dlq")
 		}
-		amqpFixture().cleanup(q, q+".dlq")
+		d.forgetResults()
 	})
 	return q
+}
+
+// results records task ids whose results (in DB 8) are deleted at cleanup.
+func (d *dlqBroker) results(ids ...string) {
+	d.mu.Lock()
+	d.ids = append(d.ids, ids...)
+	d.mu.Unlock()
+}
+
+func (d *dlqBroker) forgetResults() {
+	d.mu.Lock()
+	ids := d.ids
+	d.ids = nil
+	d.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: dlqRedisDB})
+	defer c.Close()
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = "celery-task-meta-" + id
+	}
+	c.Del(context.Background(), keys...)
+	// The results of tasks the shared Python scenarios sent (only these tests store
+	// results in this DB).
+	if rest, _ := c.Keys(context.Background(), "celery-task-meta-*").Result(); len(rest) > 0 {
+		c.Del(context.Background(), rest...)
+	}
 }
 
 func (d *dlqBroker) depth(t *testing.T, q string) int {
@@ -182,6 +230,7 @@ func sendTasks(t *testing.T, d *dlqBroker, q string, tasks ...[]any) []string {
 	if err != nil || json.Unmarshal([]byte(lines[len(lines)-1]), &res) != nil || !res.OK {
 		t.Fatalf("py/dlq.py send: %v\n%s", err, out)
 	}
+	d.results(res.IDs...)
 	return res.IDs
 }
 
@@ -214,6 +263,7 @@ func TestDLQReasonsEndToEnd(t *testing.T) {
 			poison := python(t, "poison", map[string]string{"BROKER": d.url, "BACKEND": d.backend, "QUEUE": q})
 			want[poison["bad_id"].(string)] = dlq.ReasonDecodeError
 			want[poison["pickle_id"].(string)] = dlq.ReasonUnsupportedContent
+			d.results(poison["bad_id"].(string), poison["pickle_id"].(string))
 			expect := len(want)
 			if d.name == "redis" {
 				c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: dlqRedisDB})

@@ -56,6 +56,7 @@ const semConfig = `tasks:
 func TestTaskSemantics(t *testing.T) {
 	for _, b := range brokers() {
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel() // the brokers do not share queues
 			q := uniqueName("it_sem")
 			t.Cleanup(func() { b.cleanup(q, q+".dlq") })
 			backend := redisURL(redisResultsDB)
@@ -114,6 +115,7 @@ func TestTaskSemantics(t *testing.T) {
 func TestPriorities(t *testing.T) {
 	for _, b := range brokers() {
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel() // the brokers do not share queues
 			q := uniqueName("it_prio")
 			t.Cleanup(func() { b.cleanup(q, q+".dlq") })
 			backend := redisURL(redisResultsDB)
@@ -166,6 +168,7 @@ func TestFleetWideRateLimit(t *testing.T) {
 func TestMixedChord(t *testing.T) {
 	for _, b := range brokers() {
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel() // the brokers do not share queues
 			q, pyq := uniqueName("it_chord"), uniqueName("it_chord_py")
 			t.Cleanup(func() { b.cleanup(q, pyq, q+".dlq") })
 			backend := redisURL(redisResultsDB)

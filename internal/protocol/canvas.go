@@ -470,7 +470,7 @@ func applyChain(out *Applied, s Signature, args []any, kwargs, options map[strin
 		prevID = id
 	}
 	if link, ok := opts["link"]; ok && link != nil {
-		prepared[0].Options["link"] = append(slices.Clone(asList(prepared[0].Options["link"])), asList(link)...)
+		prepared[0].Options["link"] = appendUnique(asList(prepared[0].Options["link"]), asList(link))
 	}
 	first := prepared[len(prepared)-1]
 	rest := prepared[:len(prepared)-1]
@@ -525,9 +525,29 @@ func addLinkError(s *Signature, ebs []any) error {
 		}
 		s.Kwargs["tasks"] = tasks
 	default:
-		s.Options["link_error"] = append(slices.Clone(asList(s.Options["link_error"])), ebs...)
+		s.Options["link_error"] = appendUnique(asList(s.Options["link_error"]), ebs)
 	}
 	return nil
+}
+
+// appendUnique is append_to_list_option: values already in the list are not added again.
+func appendUnique(list []any, values []any) []any {
+	out := slices.Clone(list)
+	seen := make(map[string]bool, len(out)+len(values))
+	for _, v := range out {
+		if b, err := MarshalJSON(v); err == nil {
+			seen[string(b)] = true
+		}
+	}
+	for _, v := range values {
+		b, err := MarshalJSON(v)
+		if err == nil && seen[string(b)] {
+			continue
+		}
+		seen[string(b)] = true
+		out = append(out, v)
+	}
+	return out
 }
 
 // prevIDOf is the id of the chain's last step (the chain's result).

@@ -64,7 +64,7 @@ func (w *Worker) execute(j *job) {
 		j.acked = true
 		j.mu.Unlock()
 	}
-	info := j.info(w.cfg.Hostname)
+	info := w.infoFor(j)
 	w.obs.started(info)
 
 	w.active.Add(1)
@@ -95,6 +95,8 @@ func (w *Worker) execute(j *job) {
 		// Give up on the handler unless it has just finished; only then cancel its context
 		// (with the reason as cause), so its reaction cannot race the decision.
 		if j.handler.CompareAndSwap(handlerRunning, handlerAbandoned) {
+			w.counters.abandonedNow.Add(1)
+			w.counters.abandonedTotal.Add(1)
 			cancel(stopped)
 		} else {
 			o, stopped = <-done, nil
@@ -106,10 +108,6 @@ func (w *Worker) execute(j *job) {
 	w.mu.Lock()
 	w.totals[t.Name]++
 	w.mu.Unlock()
-	if stopped != nil {
-		w.counters.abandonedNow.Add(1)
-		w.counters.abandonedTotal.Add(1)
-	}
 
 	if !j.acked && !j.claim(stateFinishing) {
 		// Shutdown handed the delivery back while the handler ran; another worker runs it
@@ -516,7 +514,7 @@ func (w *Worker) finishRevoked(j *job, reason string, terminated bool) {
 	}
 	w.chordPart(j, protocol.StateRevoked, exc, log)
 	w.settle(j)
-	w.obs.revoked(j.info(w.cfg.Hostname), terminated, reason == result.RevokedReasonExpired)
+	w.obs.revoked(w.infoFor(j), terminated, reason == result.RevokedReasonExpired)
 }
 
 // discard is finishRevoked for a job that has not started.

@@ -13,17 +13,23 @@ import (
 	"testing"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
 
 	"denis.io/fleet/internal/broker"
+	amqpbroker "denis.io/fleet/internal/broker/amqp"
 	redisbroker "denis.io/fleet/internal/broker/redis"
 	"denis.io/fleet/internal/protocol"
 	"denis.io/fleet/internal/result"
 	"denis.io/fleet/internal/tasks"
 )
 
-// testRedisURL is the Redis DB this package's tests own (broker and results).
-const testRedisURL = "redis://127.0.0.1:6379/3"
+// testRedisURL is the Redis DB this package's tests own (broker and results); testAMQPURL
+// the RabbitMQ the AMQP variants use (each test has its own queue).
+const (
+	testRedisURL = "redis://127.0.0.1:6379/3"
+	testAMQPURL  = "amqp://guest:guest@127.0.0.1:5672//"
+)
 
 func uniqueName(prefix string) string {
 	b := make([]byte, 4)
@@ -58,7 +64,9 @@ func (r *recorder) TaskFailed(i *TaskInfo, exc protocol.ExceptionInfo, _ string)
 func (r *recorder) TaskRetried(i *TaskInfo, exc protocol.ExceptionInfo, _ string) {
 	r.add(i, "retried="+exc.Type)
 }
-func (r *recorder) TaskRejected(i *TaskInfo, requeue bool) { r.add(i, fmt.Sprintf("rejected=%v", requeue)) }
+func (r *recorder) TaskRejected(i *TaskInfo, requeue bool) {
+	r.add(i, fmt.Sprintf("rejected=%v", requeue))
+}
 func (r *recorder) TaskRevoked(i *TaskInfo, terminated, expired bool) {
 	r.add(i, fmt.Sprintf("revoked=%v/%v", terminated, expired))
 }
@@ -93,7 +101,7 @@ func (r *recorder) order(ev string) []string {
 // env is a worker running on a Redis broker and backend (DB 3) with its own queue.
 type env struct {
 	q       string
-	b       *redisbroker.Broker
+	b       broker.Broker
 	rb      *result.RedisBackend
 	c       *goredis.Client
 	w       *Worker
@@ -103,6 +111,7 @@ type env struct {
 }
 
 type envOpts struct {
+	amqp  bool // RabbitMQ broker instead of Redis (results stay in Redis)
 	cfg   Config
 	yaml  string // --config contents
 	setup func(reg *tasks.Registry)
@@ -117,9 +126,16 @@ func startEnv(t *testing.T, o envOpts) *env {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	b, err := redisbroker.New(ctx, redisbroker.Options{URL: testRedisURL, VisibilityTimeout: o.vt, Logger: log})
+	var b broker.Broker
+	var err error
+	if o.amqp {
+		b, err = amqpbroker.New(ctx, amqpbroker.Options{URL: testAMQPURL, Logger: log})
+		t.Cleanup(func() { deleteAMQPQueues(q, q+".dlq") })
+	} else {
+		b, err = redisbroker.New(ctx, redisbroker.Options{URL: testRedisURL, VisibilityTimeout: o.vt, Logger: log})
+	}
 	if err != nil {
-		t.Fatalf("redis broker (is Redis running?): %v", err)
+		t.Fatalf("broker (are Redis and RabbitMQ running?): %v", err)
 	}
 	rb, err := result.OpenRedis(ctx, testRedisURL, result.Options{Logger: log})
 	if err != nil {
@@ -170,6 +186,21 @@ func startEnv(t *testing.T, o envOpts) *env {
 	})
 	waitUntil(t, 10*time.Second, "worker consuming", func() bool { return e.w.started.Load() != 0 })
 	return e
+}
+
+func deleteAMQPQueues(queues ...string) {
+	conn, err := amqp091.Dial(testAMQPURL)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	for _, q := range queues {
+		if ch, err := conn.Channel(); err == nil {
+			_, _ = ch.QueueDelete(q, false, false, false)
+			_ = ch.ExchangeDelete(q, false, false)
+			_ = ch.Close()
+		}
+	}
 }
 
 type testWriter struct{ t *testing.T }

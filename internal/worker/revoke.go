@@ -12,8 +12,8 @@ import (
 type RevokedStore interface {
 	// Add marks ids as revoked.
 	Add(ctx context.Context, ids ...string) error
-	// Contains reports whether id is revoked. It is called for every message, so it
-	// must be fast.
+	// Contains reports whether id is revoked. It is called for every message (twice), so
+	// it must be fast, and a store that goes over the network must bound its own latency.
 	Contains(ctx context.Context, id string) (bool, error)
 	// List returns the revoked ids with when they were revoked (`inspect revoked`, the
 	// mingle `hello` reply).

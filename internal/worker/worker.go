@@ -339,7 +339,9 @@ func (w *Worker) receive(ctx context.Context, d *broker.Delivery) {
 		w.track(func() { w.discard(j, reason) })
 		return
 	}
-	w.obs.received(j.info(w.cfg.Hostname))
+	if len(w.obs) > 0 {
+		w.obs.received(j.info(w.cfg.Hostname))
+	}
 	if t.ETA != nil && time.Until(*t.ETA) > 0 {
 		w.schedule(ctx, j)
 		return
@@ -352,9 +354,7 @@ func (w *Worker) revokedReason(ctx context.Context, j *job) string {
 	if j.t.Expires != nil && time.Now().After(*j.t.Expires) {
 		return result.RevokedReasonExpired
 	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	revoked, err := w.revoked.Contains(rctx, j.t.ID)
+	revoked, err := w.revoked.Contains(ctx, j.t.ID)
 	if err != nil {
 		w.log.Warn("revoked-id store failed; treating the task as not revoked", "task_id", j.t.ID, "error", err)
 		return ""
@@ -643,6 +643,15 @@ const (
 func (j *job) claim(s int32) bool { return j.state.CompareAndSwap(stateOpen, s) }
 
 func (j *job) markGone() { j.goneOnce.Do(func() { close(j.gone) }) }
+
+// infoFor describes the job for the observers; nil when there are none (the info is only
+// ever handed to them).
+func (w *Worker) infoFor(j *job) *TaskInfo {
+	if len(w.obs) == 0 {
+		return nil
+	}
+	return j.info(w.cfg.Hostname)
+}
 
 // info describes the job for observers and snapshots.
 func (j *job) info(hostname string) *TaskInfo {

@@ -335,6 +335,9 @@ func printVerdict(w io.Writer, out *run.Outcome) {
 		r.Published, r.Succeeded, r.Failed, r.DeadLettered, r.Revoked, r.Queued, r.InFlight, r.Missing, r.Duplicates, r.Injected)
 	fmt.Fprintf(w, "latency p50 %.3fs p95 %.3fs p99 %.3fs max %.3fs; sent %.2f/s, completed %.2f/s; producer lag p99 %.3fs\n",
 		r.LatencyS.P50, r.LatencyS.P95, r.LatencyS.P99, r.LatencyS.Max, r.SentPerS, r.ThroughputPerS, r.Producer.LagS.P99)
+	for _, c := range r.Classes {
+		fmt.Fprintf(w, "  %-18s %5d sent  p99 %.3fs  overhead p99 %.3fs\n", c.Name, c.Published, c.LatencyS.P99, c.OverheadS.P99)
+	}
 	if r.Producer.FellBehind {
 		fmt.Fprintln(w, "WARNING: the producer fell behind its schedule; the fleet was offered less than the planned load")
 	}

@@ -71,6 +71,7 @@ type Fleet struct {
 	gen     map[int]int   // slot → generation (restarts)
 	kills   int
 	stopped bool
+	quit    chan struct{} // closed by Stop
 	wg      sync.WaitGroup
 }
 
@@ -88,7 +89,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	f := &Fleet{cfg: cfg, log: cfg.Logger, procs: map[int]*proc{}, gen: map[int]int{}}
+	f := &Fleet{cfg: cfg, log: cfg.Logger, procs: map[int]*proc{}, gen: map[int]int{}, quit: make(chan struct{})}
 	var started []*proc
 	for slot := range cfg.Count {
 		p, err := f.spawn(slot)
@@ -219,8 +220,9 @@ func (f *Fleet) Kills() int {
 }
 
 // KillRandom SIGKILLs a random running worker (its process group) and, with Restart,
-// starts its replacement after RestartDelay. It returns the killed worker.
-func (f *Fleet) KillRandom(ctx context.Context, r *rand.Rand) (Member, error) {
+// starts its replacement after RestartDelay (even once ctx has ended: only Stop prevents
+// it, as a Deployment replaces a pod). It returns the killed worker.
+func (f *Fleet) KillRandom(_ context.Context, r *rand.Rand) (Member, error) {
 	live := f.Members()
 	if len(live) == 0 {
 		return Member{}, errors.New("localfleet: no worker to kill")
@@ -241,14 +243,23 @@ func (f *Fleet) KillRandom(ctx context.Context, r *rand.Rand) (Member, error) {
 			defer f.wg.Done()
 			select {
 			case <-time.After(f.cfg.RestartDelay):
-			case <-ctx.Done():
+			case <-f.quit:
 				return
 			}
 			np, err := f.spawn(victim.Slot)
 			if err != nil {
-				f.log.Error("localfleet: replacement worker did not start", "slot", victim.Slot, "err", err)
+				f.log.Warn("localfleet: replacement worker did not start", "slot", victim.Slot, "err", err)
 				return
 			}
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-f.quit:
+				case <-np.done:
+				}
+				cancel()
+			}()
+			defer cancel()
 			if err := f.waitReady(ctx, np); err != nil {
 				f.log.Error("localfleet: replacement worker not ready", "slot", victim.Slot, "err", err)
 			}
@@ -262,6 +273,9 @@ func (f *Fleet) KillRandom(ctx context.Context, r *rand.Rand) (Member, error) {
 // workers that did not exit cleanly.
 func (f *Fleet) Stop(grace time.Duration) error {
 	f.mu.Lock()
+	if !f.stopped {
+		close(f.quit)
+	}
 	f.stopped = true
 	procs := make([]*proc, 0, len(f.procs))
 	for _, p := range f.procs {

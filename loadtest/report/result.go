@@ -45,6 +45,8 @@ type ClassStats struct {
 	DeadLettered int           `json:"dead_lettered"`
 	Injected     int           `json:"injected"`
 	LatencyS     stats.Summary `json:"latency_s"`
+	// OverheadS is end to end minus the task's own work, injected tasks excluded.
+	OverheadS stats.Summary `json:"overhead_s"`
 }
 
 // Producer describes how well the producer kept to its schedule.

@@ -267,13 +267,16 @@ tasks:
 
 // TestE2EKillWorker SIGKILLs a local worker midway through a run on Redis (acks_late, a
 // short visibility timeout): its tasks are restored and run by the others, nothing is
-// missing, and the tasks that ran twice are counted as duplicates.
+// missing, and the tasks that ran twice are counted as duplicates. The broker is a
+// redis-server of the test's own: kombu's unacked hash and unacked_mutex are per database,
+// and a worker killed while holding the mutex blocks restores there for 5 minutes.
 func TestE2EKillWorker(t *testing.T) {
+	port, _, _ := dedicatedRedis(t)
 	queue := uniqueQueue(t)
 	var out *Outcome
-	cleanup(t, redisURL, queue, &out)
+	cleanup(t, redisURL, queue, &out) // the results
 	p := schedule.Profile{Name: "steady", Segments: []schedule.Segment{{Duration: 8 * time.Second, From: 10, To: 10}}}
-	cfg := testConfig(t, redisURL, queue, `
+	cfg := testConfig(t, fmt.Sprintf("redis://127.0.0.1:%d/0", port), queue, `
 tasks:
   - {name: crew, kind: crew, task: diag.sleep, weight: 1, args: [{$uniform: {min: 0.5, max: 1.5}}]}
 `, p)
@@ -308,20 +311,7 @@ tasks:
 // on a free port, with an append-only file, never the shared one) midway through a run:
 // producer and workers reconnect and nothing is missing.
 func TestE2EBrokerRestart(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dir := t.TempDir()
-	start := fmt.Sprintf("redis-server --port %d --bind 127.0.0.1 --dir %s --appendonly yes --appendfsync always --save '' "+
-		"--daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log", port, dir, dir, dir)
-	waitUp := fmt.Sprintf("for i in $(seq 100); do redis-cli -p %d ping >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1", port)
-	if out, err := exec.Command("sh", "-c", start+" && "+waitUp).CombinedOutput(); err != nil {
-		t.Fatalf("dedicated redis-server: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("redis-cli", "-p", strconv.Itoa(port), "shutdown", "nosave").Run() })
+	port, start, waitUp := dedicatedRedis(t)
 	firstRunID := redisRunID(t, port)
 
 	queue := uniqueQueue(t)
@@ -335,6 +325,7 @@ tasks:
 	cfg.RestartBrokerAt = []time.Duration{3 * time.Second}
 	cfg.BrokerRestartCmd = fmt.Sprintf("redis-cli -p %d shutdown && %s && %s", port, start, waitUp)
 	cfg.Thresholds.ProducerLagP99 = 10 // publishes wait for the broker while it is down
+	var err error
 	out, err = Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -355,6 +346,28 @@ tasks:
 		t.Fatalf("the dedicated broker was not restarted:\n%s", info)
 	}
 	t.Logf("published %d, publish errors %d, duplicates %d, p99 %.2fs", r.Published, r.Producer.PublishErrors, r.Duplicates, r.LatencyS.P99)
+}
+
+// dedicatedRedis starts a redis-server of the test's own on a free loopback port, with an
+// append-only file so that a restart keeps its lists, and stops it at cleanup. It returns
+// the port, the shell command that starts it and the one that waits until it answers.
+func dedicatedRedis(t *testing.T) (port int, start, waitUp string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port = ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	start = fmt.Sprintf("redis-server --port %d --bind 127.0.0.1 --dir %s --appendonly yes --appendfsync always --save '' "+
+		"--daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log", port, dir, dir, dir)
+	waitUp = fmt.Sprintf("for i in $(seq 100); do redis-cli -p %d ping >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1", port)
+	if out, err := exec.Command("sh", "-c", start+" && "+waitUp).CombinedOutput(); err != nil {
+		t.Fatalf("dedicated redis-server: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("redis-cli", "-p", strconv.Itoa(port), "shutdown", "nosave").Run() })
+	return port, start, waitUp
 }
 
 func redisRunID(t *testing.T, port int) string {

@@ -86,6 +86,7 @@ func (r *runner) account(ctx context.Context, sendEnd, drainEnd time.Duration) (
 		classes[c.Name] = &report.ClassStats{Name: c.Name, Kind: c.Kind, Task: c.Task}
 	}
 	classLat := map[string][]float64{}
+	classOver := map[string][]float64{}
 	var lat, overhead []float64
 	var matTotal, matOK int
 	var missing []string
@@ -157,6 +158,7 @@ func (r *runner) account(ctx context.Context, sendEnd, drainEnd time.Duration) (
 			}
 			if rec.injected == mix.InjectedNone && rec.nominal >= 0 {
 				overhead = append(overhead, l-rec.nominal)
+				classOver[rec.class.Name] = append(classOver[rec.class.Name], l-rec.nominal)
 			}
 		}
 	}
@@ -167,6 +169,7 @@ func (r *runner) account(ctx context.Context, sendEnd, drainEnd time.Duration) (
 	for _, c := range cfg.Mix.Classes {
 		cs := classes[c.Name]
 		cs.LatencyS = stats.Summarize(classLat[c.Name])
+		cs.OverheadS = stats.Summarize(classOver[c.Name])
 		res.Classes = append(res.Classes, *cs)
 	}
 	res.LatencyS = stats.Summarize(lat)

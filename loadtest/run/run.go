@@ -128,9 +128,10 @@ func Run(ctx context.Context, cfg Config) (*Outcome, error) {
 
 	r.produce(ctx)
 	sendEnd := time.Since(r.start)
+	// Chaos belongs to the load: the drain lets the fleet recover.
+	stopChaos()
 	r.log.Info("schedule done, draining", "published", r.track.counts().published, "after", sendEnd.Round(time.Millisecond))
 	r.drain(ctx)
-	stopChaos()
 	stopSampling()
 	bg.Wait()
 	drainEnd := time.Since(r.start)
