@@ -5,7 +5,7 @@
 GO        ?= go
 BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X denis.io/fleet/internal/workercli.Version=$(VERSION)
+LDFLAGS   := -s -w -X denis.io/fleet/internal/workercli.Version=$(VERSION) -X denis.io/fleet/internal/fleetctl.Version=$(VERSION)
 TOOLS_DIR ?= $(HOME)/.cache/fleet-tools
 STATICCHECK_VERSION := v0.8.2
 BROKER    ?= amqp://guest:guest@127.0.0.1:5672//

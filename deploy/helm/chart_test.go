@@ -52,9 +52,13 @@ var (
 	helmErr  error
 )
 
-// helmBin returns the helm built by scripts/k8s-tools.sh (seconds when cached).
+// helmBin returns the helm built by scripts/k8s-tools.sh (seconds when cached), or $FLEET_HELM
+// when set (another helm v3 binary).
 func helmBin(t testing.TB) string {
 	t.Helper()
+	if p := os.Getenv("FLEET_HELM"); p != "" {
+		return p
+	}
 	helmOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()

@@ -197,11 +197,6 @@ func (d *dlqBroker) forgetResults() {
 		keys[i] = "celery-task-meta-" + id
 	}
 	c.Del(context.Background(), keys...)
-	// The results of tasks the shared Python scenarios sent (only these tests store
-	// results in this DB).
-	if rest, _ := c.Keys(context.Background(), "celery-task-meta-*").Result(); len(rest) > 0 {
-		c.Del(context.Background(), rest...)
-	}
 }
 
 func (d *dlqBroker) depth(t *testing.T, q string) int {
