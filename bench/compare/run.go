@@ -25,6 +25,9 @@ import (
 // lockKey (in the broker DB) keeps two comparisons from sharing DBs 9/10 at once.
 const lockKey = "fleet-bench-compare:lock"
 
+// errLocked: another comparison holds the lock for longer than --lock-wait.
+var errLocked = errors.New("bench lock: another bench-compare is running")
+
 // stopGrace is how long a contender gets to exit after SIGTERM.
 const stopGrace = 30 * time.Second
 
@@ -239,7 +242,7 @@ func (b *bench) lock(ctx context.Context) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("bench lock: another bench-compare holds %s in Redis DB %d (waited %s)", lockKey, b.cfg.BrokerDB, b.cfg.LockWait)
+			return fmt.Errorf("%w: %s in Redis DB %d (waited %s)", errLocked, lockKey, b.cfg.BrokerDB, b.cfg.LockWait)
 		}
 		b.cfg.Log.Warn("another bench-compare is running; waiting for its lock", "key", lockKey)
 		select {

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -263,9 +264,26 @@ type (
 
 func decodeStrict(t testing.TB, doc []byte) rendered {
 	t.Helper()
+	r, err := decodeStrictErr(doc)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, doc)
+	}
+	m := r.obj.(metav1.Object)
+	if m.GetNamespace() != "" && m.GetNamespace() != namespace {
+		t.Errorf("%s/%s in namespace %q, want %q", r.kind, m.GetName(), m.GetNamespace(), namespace)
+	}
+	if m.GetLabels()["app.kubernetes.io/instance"] != release {
+		t.Errorf("%s/%s lacks the instance label", r.kind, m.GetName())
+	}
+	return r
+}
+
+// decodeStrictErr decodes one YAML document into its k8s.io/api type (or, for the CRD kinds,
+// the local struct) and fails on unknown or duplicate fields and unknown kinds.
+func decodeStrictErr(doc []byte) (rendered, error) {
 	var tm metav1.TypeMeta
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
-		t.Fatalf("not YAML: %v\n%s", err, doc)
+		return rendered{}, fmt.Errorf("not YAML: %w", err)
 	}
 	var obj any
 	switch tm.APIVersion + "/" + tm.Kind {
@@ -280,26 +298,40 @@ func decodeStrict(t testing.TB, doc []byte) rendered {
 	}
 	if obj != nil {
 		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
-			t.Fatalf("%s: strict decode: %v\n%s", tm.Kind, err, doc)
+			return rendered{}, fmt.Errorf("%s: strict decode: %w", tm.Kind, err)
 		}
 	} else {
 		o, _, err := strictCodecs.UniversalDeserializer().Decode(doc, nil, nil)
 		if err != nil {
-			t.Fatalf("%s: strict decode into k8s.io/api: %v\n%s", tm.Kind, err, doc)
+			return rendered{}, fmt.Errorf("%s: strict decode into k8s.io/api: %w", tm.Kind, err)
 		}
 		obj = o
 	}
 	m, ok := obj.(metav1.Object)
 	if !ok {
-		t.Fatalf("%s has no metadata", tm.Kind)
+		return rendered{}, fmt.Errorf("%s has no metadata", tm.Kind)
 	}
-	if m.GetNamespace() != "" && m.GetNamespace() != namespace {
-		t.Errorf("%s/%s in namespace %q, want %q", tm.Kind, m.GetName(), m.GetNamespace(), namespace)
+	return rendered{kind: tm.Kind, name: m.GetName(), obj: obj}, nil
+}
+
+func TestDecodeStrictRejects(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"unknown field in a core kind", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicass: 2}\n", "replicass"},
+		{"misplaced field", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, image: i, readOnlyRootFilesystem: true}]}\n", "readOnlyRootFilesystem"},
+		{"duplicate field", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\ndata: {c: d}\n", "data"},
+		{"unknown field in a CRD kind", "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: x}\nspec: {endpoint: []}\n", "endpoint"},
+		{"unknown kind", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: x}\n", "Widget"},
 	}
-	if m.GetLabels()["app.kubernetes.io/instance"] != release {
-		t.Errorf("%s/%s lacks the instance label", tm.Kind, m.GetName())
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decodeStrictErr([]byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			}
+		})
 	}
-	return rendered{kind: tm.Kind, name: m.GetName(), obj: obj}
 }
 
 func ofKind[T any](objs []rendered) []T {
@@ -440,6 +472,11 @@ func TestTemplateStrict(t *testing.T) {
 				}
 				want := wantAutoscalerRole
 				if ro, _ := v.values["autoscaler"].(map[string]any); ro != nil {
+					for _, d := range ofKind[*appsv1.Deployment](objs) {
+						if d.Name == fullname+"-autoscaler" && !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--check-other-scalers") {
+							t.Errorf("readOtherScalers without --check-other-scalers: %v", d.Spec.Template.Spec.Containers[0].Args)
+						}
+					}
 					want = append(slices.Clone(want),
 						rbacv1.PolicyRule{APIGroups: []string{"autoscaling"}, Resources: []string{"horizontalpodautoscalers"}, Verbs: []string{"list"}},
 						rbacv1.PolicyRule{APIGroups: []string{"keda.sh"}, Resources: []string{"scaledobjects"}, Verbs: []string{"list"}})
@@ -726,7 +763,7 @@ func TestPrometheusRulePromtool(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("promtool: %s (%d alerts)", strings.TrimSpace(string(out)), alerts)
+	t.Logf("promtool check rules: %s (%d alerts)", strings.Join(strings.Fields(string(out)), " "), alerts)
 }
 
 // dashboard is the part of Grafana's JSON model the tests read.

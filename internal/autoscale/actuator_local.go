@@ -45,7 +45,8 @@ type LocalConfig struct {
 	// Name is the pool's name: process i is the "pod" <Name>-<i>, its worker's node name
 	// fleet@<Name>-<i>.
 	Name string
-	// Command is the worker command (argv); Args are appended to it, with "{name}"
+	// Command is the worker command (argv); Args go between the program and its own
+	// arguments (so that the command's own options win), and "{name}" in either is
 	// replaced by the pod name (e.g. --hostname fleet@{name}).
 	Command []string
 	Args    []string
@@ -256,8 +257,8 @@ func exited(p *localProc) bool {
 func (f *LocalFleet) startLocked() error {
 	f.seq++
 	name := f.cfg.Name + "-" + strconv.Itoa(f.seq)
-	args := append([]string{}, f.cfg.Command[1:]...)
-	for _, a := range f.cfg.Args {
+	var args []string
+	for _, a := range append(append([]string{}, f.cfg.Args...), f.cfg.Command[1:]...) {
 		args = append(args, strings.ReplaceAll(a, "{name}", name))
 	}
 	cmd := exec.Command(f.cfg.Command[0], args...)

@@ -77,7 +77,7 @@ func TestLocalFleetScaleAndDrain(t *testing.T) {
 echo "started $1"
 while :; do sleep 0.05; done
 `)
-	f := startFleet(t, LocalConfig{Name: "w", Command: []string{sh}, Args: []string{"{name}"}, LogDir: logDir,
+	f := startFleet(t, LocalConfig{Name: "w", Command: []string{sh, "{name}"}, LogDir: logDir,
 		Grace: 10 * time.Second, ReadyAfter: 100 * time.Millisecond})
 	ctx := context.Background()
 

@@ -37,6 +37,7 @@ const (
 	DefaultFreq        = 2 * time.Second // worker heartbeat interval (--heartbeat-interval)
 	DefaultBufferLimit = 24              // task events per task.multi message
 	DefaultMaxBuffered = 10000           // task events kept while the broker is unreachable
+	DefaultLinger      = 100 * time.Millisecond
 	publishTimeout     = 5 * time.Second
 )
 
@@ -77,6 +78,9 @@ type Config struct {
 	// MaxBuffered bounds the task events held while publishing lags or fails; the oldest
 	// are dropped beyond it (default 10000).
 	MaxBuffered int
+	// Linger is how long a task event may wait for others to share its task.multi message
+	// (default 100 ms); a full batch goes out at once.
+	Linger time.Duration
 }
 
 // Dispatcher publishes the worker's events. Task event methods never block the caller:
@@ -112,6 +116,9 @@ func New(fan broker.Fanout, cfg Config) *Dispatcher {
 	}
 	if cfg.MaxBuffered <= 0 {
 		cfg.MaxBuffered = DefaultMaxBuffered
+	}
+	if cfg.Linger <= 0 {
+		cfg.Linger = DefaultLinger
 	}
 	if cfg.Software.Ident == "" {
 		cfg.Software.Ident = "fleet-go"
@@ -201,13 +208,19 @@ func (d *Dispatcher) SendHeartbeat(ctx context.Context, freq time.Duration) {
 	}
 }
 
+// loop sends heartbeats and flushes task events: a full batch at once, else after the
+// linger, so that busy workers send few, full task.multi messages.
 func (d *Dispatcher) loop(ctx context.Context) {
 	defer close(d.done)
 	t := time.NewTicker(d.cfg.Freq)
 	defer t.Stop()
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	armed := false
 	for {
 		select {
 		case <-ctx.Done():
+			linger.Stop()
 			return
 		case now := <-t.C:
 			d.beat(ctx, now)
@@ -215,9 +228,27 @@ func (d *Dispatcher) loop(ctx context.Context) {
 				d.sendWorker(ctx, "worker-heartbeat", now, d.cfg.Freq)
 			}
 		case <-d.kick:
+			if d.buffered() >= d.cfg.BufferLimit {
+				if armed {
+					linger.Stop()
+					armed = false
+				}
+				d.flush(ctx)
+			} else if !armed {
+				linger.Reset(d.cfg.Linger)
+				armed = true
+			}
+		case <-linger.C:
+			armed = false
 			d.flush(ctx)
 		}
 	}
+}
+
+func (d *Dispatcher) buffered() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.buf)
 }
 
 func (d *Dispatcher) beat(ctx context.Context, now time.Time) {
@@ -271,10 +302,13 @@ func (d *Dispatcher) Task(typ string, fields map[string]any) {
 		d.dropped++
 	}
 	d.buf = append(d.buf, ev)
+	n := len(d.buf)
 	d.mu.Unlock()
-	select {
-	case d.kick <- struct{}{}:
-	default:
+	if n == 1 || n >= d.cfg.BufferLimit { // arm the linger, or flush a full batch
+		select {
+		case d.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -303,7 +337,7 @@ func (d *Dispatcher) flush(ctx context.Context) {
 // publish sends one event message: JSON body, content type application/json, delivery
 // mode 1 (transient) and the `hostname` header, as Celery's dispatcher does.
 func (d *Dispatcher) publish(ctx context.Context, routingKey string, body any) {
-	data, err := protocol.MarshalJSON(body)
+	data, err := encodeEvents(body)
 	if err != nil {
 		d.log.Error("event not serialisable", "routing_key", routingKey, "err", err)
 		return

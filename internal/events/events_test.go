@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -307,5 +308,31 @@ func TestSeen(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	if ws, _ := ListWorkers(ctx, rdb, prefix); len(ws) != 0 {
 		t.Fatalf("after the TTL: %+v", ws)
+	}
+}
+
+// TestEncodeEvents: the event encoder writes JSON that Go's decoder reads back, with floats
+// keeping a fraction, escapes where JSON needs them and invalid UTF-8 replaced.
+func TestEncodeEvents(t *testing.T) {
+	ev := map[string]any{"type": "task-failed", "freq": 2.0, "timestamp": 1795713744.4439178, "runtime": 2.5e-07,
+		"pid": 7, "clock": int64(9), "ok": true, "none": nil, "loadavg": []float64{0.5, 1, 2.25},
+		"traceback": "line1\n\t\"quoted\" \\ \x01 ünï \xff", "n": json.Number("3")}
+	data, err := encodeEvents([]any{ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []map[string]any
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatalf("%v: %s", err, data)
+	}
+	got := back[0]
+	if got["traceback"] != "line1\n\t\"quoted\" \\ \x01 ünï \ufffd" || got["freq"] != 2.0 || got["runtime"] != 2.5e-07 ||
+		got["timestamp"] != 1795713744.4439178 || got["none"] != nil || got["n"] != 3.0 {
+		t.Fatalf("round trip: %v from %s", got, data)
+	}
+	for _, want := range []string{`"freq": 2.0`, `"loadavg": [0.5, 1.0, 2.25]`, `"pid": 7`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("%s lacks %s", data, want)
+		}
 	}
 }

@@ -24,6 +24,9 @@ var _ worker.Observer = TaskObserver{}
 func (d *Dispatcher) Observer() TaskObserver { return TaskObserver{d: d} }
 
 func (o TaskObserver) send(typ string, i *worker.TaskInfo, fields map[string]any) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	fields["uuid"] = i.ID
 	fields["name"] = i.DisplayName()
 	fields["queue"] = i.Queue
@@ -33,6 +36,9 @@ func (o TaskObserver) send(typ string, i *worker.TaskInfo, fields map[string]any
 // TaskReceived sends task-received with Celery's fields: name, args and kwargs as repr
 // strings, root_id, parent_id, retries, eta and expires in ISO 8601 (or null).
 func (o TaskObserver) TaskReceived(i *worker.TaskInfo) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	o.send("task-received", i, map[string]any{
 		"args": i.ArgsRepr, "kwargs": i.KwargsRepr,
 		"root_id": nullable(i.RootID), "parent_id": nullable(i.ParentID), "retries": i.Retries,
@@ -44,11 +50,17 @@ func (o TaskObserver) TaskReceived(i *worker.TaskInfo) {
 // TaskStarted sends task-started (its pid is the worker's, as Celery's is the main
 // process's).
 func (o TaskObserver) TaskStarted(i *worker.TaskInfo) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	o.send("task-started", i, map[string]any{})
 }
 
 // TaskSucceeded sends task-succeeded with the result's repr and the runtime in seconds.
 func (o TaskObserver) TaskSucceeded(i *worker.TaskInfo, runtime time.Duration, result any) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	o.send("task-succeeded", i, map[string]any{
 		"result": protocol.SafeRepr(result, resultReprMax), "runtime": runtime.Seconds(),
 	})
@@ -56,22 +68,34 @@ func (o TaskObserver) TaskSucceeded(i *worker.TaskInfo, runtime time.Duration, r
 
 // TaskFailed sends task-failed with the exception's repr and the traceback.
 func (o TaskObserver) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo, tb string) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	o.send("task-failed", i, map[string]any{"exception": excRepr(exc), "traceback": tb})
 }
 
 // TaskRetried sends task-retried with the exception's repr and the traceback.
 func (o TaskObserver) TaskRetried(i *worker.TaskInfo, exc protocol.ExceptionInfo, tb string) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	o.send("task-retried", i, map[string]any{"exception": excRepr(exc), "traceback": tb})
 }
 
 // TaskRejected sends task-rejected.
 func (o TaskObserver) TaskRejected(i *worker.TaskInfo, requeue bool) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	o.send("task-rejected", i, map[string]any{"requeue": requeue})
 }
 
 // TaskRevoked sends task-revoked; a terminated task reports signum 15 (SIGTERM, what
 // Celery's revoke --terminate sends by default).
 func (o TaskObserver) TaskRevoked(i *worker.TaskInfo, terminated, expired bool) {
+	if !o.d.taskOn.Load() {
+		return
+	}
 	var signum any
 	if terminated {
 		signum = int(syscall.SIGTERM)

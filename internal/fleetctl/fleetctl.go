@@ -122,6 +122,8 @@ The fleet's operator tool, for RabbitMQ and Redis brokers alike.
 
 Commands:
   dlq        dead-letter queues: ls, show, replay, purge, export, import, setup, trim, metrics
+  flags      feature flags in Redis: ls, get, set, unset (--workers: per worker)
+  rollback   rollback materializers: DENIS_MATERIALIZERS_ENABLED=false, confirmed by every worker
 
 Run 'fleetctl dlq --help' for the dlq commands, 'fleetctl dlq COMMAND --help' for one.
 
@@ -185,6 +187,10 @@ func run(ctx context.Context, args []string, std IO) error {
 	switch cmd := fs.Arg(0); cmd {
 	case "dlq":
 		return runDLQ(ctx, g, fs.Args()[1:], std)
+	case "flags":
+		return runFlags(ctx, g, fs.Args()[1:], std)
+	case "rollback":
+		return runRollback(ctx, g, fs.Args()[1:], std)
 	case "version":
 		fmt.Fprintf(std.Out, "fleetctl %s\n", Version)
 		return nil

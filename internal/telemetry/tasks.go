@@ -35,26 +35,30 @@ const endedGrace = 30 * time.Second
 // span when the handler starts (continuing the producer's trace from the message headers)
 // and makes it current in the handler's context; as a worker.Observer it ends the span at
 // the task's outcome. It also maps task ids to span contexts for WrapBroker and
-// LogHandler, which see a task id but no context.
+// LogHandler, which see a task id but no context: the open spans, and for endedGrace after
+// the end (result, dead letter and ack follow the outcome) only their span context. A span
+// whose outcome never comes (the delivery was handed back at shutdown) is not exported.
 type Tracker struct {
 	t        *Telemetry
 	hostname string
 
 	mu    sync.Mutex
-	spans map[string]*taskSpan
-	puts  int
+	open  map[string]trace.Span        // tasks whose span is running
+	ended map[string]trace.SpanContext // span contexts kept endedGrace after the end
+	queue []endedEntry                 // ended, oldest first
+	head  int
 }
 
-type taskSpan struct {
-	span  trace.Span
-	ended time.Time // zero while open
+type endedEntry struct {
+	id string
+	at time.Time
 }
 
 var _ worker.Observer = (*Tracker)(nil)
 
 // NewTracker returns the tracker of a worker named hostname.
 func (t *Telemetry) NewTracker(hostname string) *Tracker {
-	return &Tracker{t: t, hostname: hostname, spans: map[string]*taskSpan{}}
+	return &Tracker{t: t, hostname: hostname, open: map[string]trace.Span{}, ended: map[string]trace.SpanContext{}}
 }
 
 // headerCarrier reads and writes W3C headers in Celery message headers.
@@ -114,9 +118,9 @@ func (tr *Tracker) Middleware(next tasks.Handler) tasks.Handler {
 
 func (tr *Tracker) start(ctx context.Context, r *tasks.Request) trace.Span {
 	tr.mu.Lock()
-	if ts, ok := tr.spans[r.ID]; ok && ts.ended.IsZero() {
+	if s, ok := tr.open[r.ID]; ok {
 		tr.mu.Unlock()
-		return ts.span
+		return s
 	}
 	tr.mu.Unlock()
 	pctx := tr.t.Extract(ctx, r.Headers)
@@ -136,34 +140,25 @@ func (tr *Tracker) start(ctx context.Context, r *tasks.Request) trace.Span {
 	}
 	_, span := tr.t.tracer.Start(pctx, "run/"+r.Name, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
 	tr.mu.Lock()
-	tr.spans[r.ID] = &taskSpan{span: span}
-	tr.puts++
-	if tr.puts%256 == 0 {
-		tr.sweepLocked(time.Now())
-	}
+	tr.open[r.ID] = span
 	tr.mu.Unlock()
 	return span
 }
 
-// sweepLocked forgets spans ended more than endedGrace ago, and ends spans left open for a
-// day (their outcome never came: the delivery was handed back at shutdown).
-func (tr *Tracker) sweepLocked(now time.Time) {
-	for id, ts := range tr.spans {
-		switch {
-		case !ts.ended.IsZero() && now.Sub(ts.ended) > endedGrace:
-			delete(tr.spans, id)
-		case ts.ended.IsZero() && now.Sub(spanStart(ts.span, now)) > 24*time.Hour:
-			ts.span.End()
-			delete(tr.spans, id)
+// expireLocked forgets the span contexts of tasks that ended more than endedGrace ago.
+func (tr *Tracker) expireLocked(now time.Time) {
+	for tr.head < len(tr.queue) && now.Sub(tr.queue[tr.head].at) > endedGrace {
+		e := tr.queue[tr.head]
+		if _, open := tr.open[e.id]; !open {
+			delete(tr.ended, e.id)
 		}
+		tr.queue[tr.head] = endedEntry{}
+		tr.head++
 	}
-}
-
-func spanStart(s trace.Span, now time.Time) time.Time {
-	if ro, ok := s.(interface{ StartTime() time.Time }); ok {
-		return ro.StartTime()
+	if tr.head > 1024 && tr.head*2 > len(tr.queue) {
+		tr.queue = append(tr.queue[:0], tr.queue[tr.head:]...)
+		tr.head = 0
 	}
-	return now
 }
 
 // SpanContext returns the span context of the task with id, while known.
@@ -173,41 +168,40 @@ func (tr *Tracker) SpanContext(id string) (trace.SpanContext, bool) {
 	}
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	ts, ok := tr.spans[id]
-	if !ok {
-		return trace.SpanContext{}, false
+	if s, ok := tr.open[id]; ok {
+		return s.SpanContext(), true
 	}
-	return ts.span.SpanContext(), true
+	sc, ok := tr.ended[id]
+	return sc, ok
 }
 
 // end closes the task's span with its outcome.
 func (tr *Tracker) end(id, outcome string, fail func(trace.Span)) {
+	now := time.Now()
 	tr.mu.Lock()
-	ts, ok := tr.spans[id]
-	if !ok || !ts.ended.IsZero() {
-		tr.mu.Unlock()
+	span, ok := tr.open[id]
+	if ok {
+		delete(tr.open, id)
+		tr.ended[id] = span.SpanContext()
+		tr.queue = append(tr.queue, endedEntry{id: id, at: now})
+	}
+	tr.expireLocked(now)
+	tr.mu.Unlock()
+	if !ok {
 		return
 	}
-	ts.ended = time.Now()
-	tr.mu.Unlock()
-	ts.span.SetAttributes(AttrOutcome.String(outcome))
+	span.SetAttributes(AttrOutcome.String(outcome))
 	if fail != nil {
-		fail(ts.span)
+		fail(span)
 	}
-	ts.span.End()
+	span.End()
 }
 
 // Open is the number of task spans not yet ended (tests, metrics).
 func (tr *Tracker) Open() int {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	n := 0
-	for _, ts := range tr.spans {
-		if ts.ended.IsZero() {
-			n++
-		}
-	}
-	return n
+	return len(tr.open)
 }
 
 // TaskReceived does nothing: the span starts with the handler.

@@ -136,7 +136,7 @@ func run(ctx context.Context, o runOptions, log *slog.Logger) error {
 	}
 	log.Info("autoscaler starting", "version", Version, "target", o.target, "pools", pools, "identity", a.identity,
 		"dry_run", o.dryRun, "leader_elect", o.leaderElect, "broker", connect.Redact(o.broker),
-		"status_redis", connect.Redact(o.statusRedis))
+		"state_redis", connect.Redact(o.stateRedis))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -208,15 +208,15 @@ func (a *app) setup(ctx context.Context) error {
 		}
 	})
 
-	if o.statusRedis != "" {
-		c, err := redisClient(o.statusRedis)
+	if o.stateRedis != "" {
+		c, err := redisClient(o.stateRedis)
 		if err != nil {
-			return fmt.Errorf("--status-redis: %w", err)
+			return fmt.Errorf("--state-redis: %w", err)
 		}
 		a.status = c
 		a.closers = append(a.closers, c.Close)
 	} else {
-		log.Warn("autoscaler: no Redis for the workers' heartbeats (--status-redis): μ stays assumed, no pod counts as idle, so nothing scales in; no decision traces")
+		log.Warn("autoscaler: no Redis for the workers' heartbeats (--state-redis): μ stays assumed, no pod counts as idle, so nothing scales in; no decision traces")
 	}
 
 	probe, closeProbe, err := brokerProbe(o, log)
@@ -240,10 +240,11 @@ func (a *app) setup(ctx context.Context) error {
 		lf, err := autoscale.NewLocalFleet(autoscale.LocalConfig{
 			Name:    p.name,
 			Command: o.workerCmd,
-			Args:    []string{"--broker", o.broker, "--queues", strings.Join(p.queues, ","), "--hostname", "fleet@{name}"},
-			LogDir:  o.workerLogDir,
-			Grace:   p.cfg.GracePeriod,
-			Log:     log,
+			Args: []string{"--broker", o.broker, "--queues", strings.Join(p.queues, ","), "--hostname", "fleet@{name}",
+				"--metrics-addr="},
+			LogDir: o.workerLogDir,
+			Grace:  p.cfg.GracePeriod,
+			Log:    log,
 		})
 		if err != nil {
 			return err
@@ -400,7 +401,7 @@ func (a *app) newLoop(ctx context.Context, p poolOptions) (*autoscale.Loop, chan
 	srcCfg := autoscale.SourceConfig{Queues: p.queues, Broker: a.probe, Workload: reader,
 		Flags: autoscale.FleetFlags{Flags: a.flags}, ServiceTime: p.serviceTime, Log: log}
 	if a.status != nil {
-		srcCfg.Workers = autoscale.RedisWorkers{Client: a.status, Prefix: a.o.statusPrefix}
+		srcCfg.Workers = autoscale.RedisWorkers{Client: a.status, Prefix: a.o.statePrefix}
 	}
 	src, err := autoscale.NewSource(srcCfg)
 	if err != nil {

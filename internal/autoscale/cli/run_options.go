@@ -30,8 +30,8 @@ type runOptions struct {
 	broker        string
 	managementURL string
 	resultBackend string
-	statusRedis   string
-	statusPrefix  string
+	stateRedis    string
+	statePrefix   string
 	flagsFile     string
 	flagsRedis    string
 
@@ -151,8 +151,8 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	fs.StringVar(&o.managementURL, "management-url", "", "RabbitMQ management API; default http://<broker host>:15672 with the broker's credentials (env FLEET_RABBITMQ_MANAGEMENT_URL)")
 	fs.StringSliceVarP(&queues, "queues", "Q", []string{"celery"}, "queues the workers consume, when there is no --config (env FLEET_QUEUES)")
 	fs.StringVar(&o.resultBackend, "result-backend", "", "the workers' result backend; only used to find the Redis of the heartbeats (env FLEET_RESULT_BACKEND, CELERY_RESULT_BACKEND)")
-	fs.StringVar(&o.statusRedis, "status-redis", "", "Redis with the workers' heartbeats (fleet:worker:*) and the decision stream; default: the broker, else the result backend, when Redis (env FLEET_STATUS_REDIS)")
-	fs.StringVar(&o.statusPrefix, "status-prefix", "", "key prefix of the heartbeat records (env FLEET_STATUS_PREFIX)")
+	fs.StringVar(&o.stateRedis, "state-redis", "", "Redis with the fleet state: the workers' heartbeat records (fleet:worker:*) and the decision stream; default: the broker, else the result backend, when Redis — as the worker's --state-redis (env FLEET_STATE_REDIS)")
+	fs.StringVar(&o.statePrefix, "state-prefix", "", "key prefix of the heartbeat records (env FLEET_STATE_PREFIX)")
 	fs.StringVar(&o.flagsFile, "flags-file", "", "flags file or ConfigMap directory (env FLEET_FLAGS_FILE)")
 	fs.StringVar(&o.flagsRedis, "flags-redis", "", "Redis with the fleet:flags hash (env FLEET_FLAGS_REDIS)")
 	fs.IntVar(&minR, "min", def.MinReplicas, "fewest replicas (0 allows scale to zero)")
@@ -185,7 +185,7 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	fs.Int64Var(&o.traceMaxLen, "trace-maxlen", autoscale.DefaultTraceMaxLen, "approximate bound of the trace stream")
 	fs.StringVarP(&o.logLevel, "log-level", "l", "info", "debug, info, warning or error (env FLEET_LOG_LEVEL)")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or text (env FLEET_LOG_FORMAT)")
-	fs.StringVar(&workerCmd, "worker-cmd", "", "local: the worker command, split on spaces; --broker, --queues and --hostname fleet@<name> are appended (env FLEET_WORKER_CMD)")
+	fs.StringVar(&workerCmd, "worker-cmd", "", "local: the worker command, split on spaces; --broker, --queues, --hostname fleet@<name> and --metrics-addr= (off: workers share the host's ports) go right after the program, so its own options win (env FLEET_WORKER_CMD)")
 	fs.StringVar(&o.workerLogDir, "worker-log-dir", "", "local: write each worker's output to <dir>/<name>.log instead of stderr")
 	fs.DurationVar(&grace, "grace", def.GracePeriod, "local: drain time after SIGTERM before SIGKILL; kubernetes: the pods' grace period when the Deployment does not set one")
 
@@ -194,7 +194,7 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 		"namespace": {"POD_NAMESPACE"}, "deployment": {"FLEET_AUTOSCALER_DEPLOYMENT"},
 		"broker": {"FLEET_BROKER", "CELERY_BROKER_URL"}, "management-url": {"FLEET_RABBITMQ_MANAGEMENT_URL"},
 		"queues": {"FLEET_QUEUES"}, "result-backend": {"FLEET_RESULT_BACKEND", "CELERY_RESULT_BACKEND"},
-		"status-redis": {"FLEET_STATUS_REDIS"}, "status-prefix": {"FLEET_STATUS_PREFIX"},
+		"state-redis": {"FLEET_STATE_REDIS"}, "state-prefix": {"FLEET_STATE_PREFIX"},
 		"flags-file": {"FLEET_FLAGS_FILE"}, "flags-redis": {"FLEET_FLAGS_REDIS"},
 		"dry-run": {"FLEET_AUTOSCALER_DRY_RUN"}, "identity": {"POD_NAME"}, "metrics-addr": {"FLEET_METRICS_ADDR"},
 		"log-level": {"FLEET_LOG_LEVEL"}, "log-format": {"FLEET_LOG_FORMAT"}, "worker-cmd": {"FLEET_WORKER_CMD"},
@@ -370,10 +370,10 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 		}
 		seen[p.name] = true
 	}
-	if o.statusRedis == "" {
+	if o.stateRedis == "" {
 		for _, u := range []string{o.broker, o.resultBackend} {
 			if strings.HasPrefix(u, "redis://") || strings.HasPrefix(u, "rediss://") {
-				o.statusRedis = u
+				o.stateRedis = u
 				break
 			}
 		}
