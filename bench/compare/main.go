@@ -55,6 +55,15 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// Under `go run` a signal to the go command does not reach us; without this an
+	// interrupted comparison would go on, holding the lock and the CPUs, as an orphan.
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0); errno != 0 {
+		fmt.Fprintf(os.Stderr, "bench-compare: prctl(PR_SET_PDEATHSIG): %v\n", errno)
+	}
+	if os.Getppid() == 1 {
+		fmt.Fprintln(os.Stderr, "bench-compare: parent already gone")
+		os.Exit(1)
+	}
 	if _, err := run(ctx, cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "bench-compare: %v\n", err)
 		os.Exit(1)

@@ -111,11 +111,11 @@ func TestLocalTwoXStep(t *testing.T) {
 		defer tick.Stop()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-loadCtx.Done():
 				return
 			case <-tick.C:
 			}
-			d, err := b.Depth(ctx, queue)
+			d, err := b.Depth(loadCtx, queue)
 			if err == nil {
 				smpMu.Lock()
 				samples = append(samples, sample{time.Since(start), d})
