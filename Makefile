@@ -11,7 +11,7 @@ STATICCHECK_VERSION := v0.8.2
 BROKER    ?= amqp://guest:guest@127.0.0.1:5672//
 BACKEND   ?= redis://127.0.0.1:6379/0
 
-.PHONY: all build run test test-go lint vet services golden bench-compare loadtest clean
+.PHONY: all build run test test-go test-e2e lint vet services k8s-tools chart-sync image golden bench-compare loadtest clean
 
 all: build
 
@@ -28,15 +28,33 @@ run: build services
 test: services vet lint test-go
 
 vet:
-	@test -z "$$(gofmt -l cmd internal loadtest 2>/dev/null)" || { echo "gofmt needed:"; gofmt -l cmd internal loadtest; exit 1; }
+	@test -z "$$(gofmt -l cmd internal loadtest bench deploy 2>/dev/null)" || { echo "gofmt needed:"; gofmt -l cmd internal loadtest bench deploy; exit 1; }
 	$(GO) vet ./...
 
 lint:
 	@test -x $(TOOLS_DIR)/bin/staticcheck || GOBIN=$(TOOLS_DIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(TOOLS_DIR)/bin/staticcheck ./...
 
-test-go: build
-	$(GO) test -race -count=1 -timeout 20m ./...
+# The Kubernetes binaries (kube-apiserver, etcd, controller-manager, scheduler, kwok, helm)
+# are built once into ~/.cache/fleet-tools and reused; a cold build takes minutes.
+k8s-tools:
+	@bash scripts/k8s-tools.sh >/dev/null
+
+test-go: build k8s-tools
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+# Only the tests that need the Kubernetes API server (also part of `make test`).
+test-e2e: build services k8s-tools
+	$(GO) test -race -count=1 -timeout 20m ./internal/testutil/kube/ ./deploy/helm/ ./internal/autoscale/e2e/
+
+CHART := deploy/helm/fleet
+IMAGE ?= ghcr.io/denis/fleet
+chart-sync:
+	cp deploy/prometheus/alerts.yaml $(CHART)/files/alerts.yaml
+
+# No Docker engine runs on the development machines; this is for CI/CD hosts that have one.
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
 
 # Regenerate the golden messages from the real Python Celery on this machine.
 golden: services

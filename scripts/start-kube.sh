@@ -13,7 +13,8 @@
 #                   default: free ports picked at random, so several runs can coexist
 #   WITH_KCM WITH_SCHED WITH_KWOK   1 (default) or 0
 #   KWOK_NODES      fake nodes to create (default 1): kwok-node-0 …
-#   WATCH_PID       stop everything when this process exits (the test binary that started us)
+#   WATCH_PID       stop everything when this process exits (the test binary that started us);
+#                   with REMOVE_ON_EXIT=1 also remove $D then
 #   APISERVER_EXTRA ETCD_EXTRA extra flags
 # Users in the kubeconfig: context "e2e" (admin, system:masters) and "autoscaler" (token of user
 # "autoscaler", no rights until a RoleBinding names it).
@@ -128,6 +129,8 @@ start() {
 			while kill -0 "$WATCH_PID" 2>/dev/null; do sleep 1; done
 			PROCS=${PROCS#watchdog }
 			stop
+			rm -f "$D/watchdog.pid"
+			[ "${REMOVE_ON_EXIT:-0}" = 1 ] && rm -rf "$D"
 		) </dev/null >/dev/null 2>&1 &
 		echo $! >"$D/watchdog.pid"
 	fi

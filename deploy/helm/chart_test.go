@@ -129,6 +129,7 @@ var variants = []variant{
 func TestLint(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
+			t.Parallel()
 			args := []string{"lint", chartDir, "--namespace", namespace}
 			if v.values != nil {
 				args = append(args, "-f", valuesFile(t, v.values))
@@ -411,6 +412,7 @@ func envValue(c *corev1.Container, name string) (corev1.EnvVar, bool) {
 func TestTemplateStrict(t *testing.T) {
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
+			t.Parallel()
 			objs := render(t, v.values)
 			k := kinds(objs)
 			mode := "fleet"
@@ -691,6 +693,7 @@ func TestSchemaRejects(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			out, err := runHelm(t, "template", release, chartDir, "--namespace", namespace, "-f", valuesFile(t, tc.values))
 			if err == nil {
 				t.Fatalf("helm template accepted %v", tc.values)

@@ -124,6 +124,7 @@ Commands:
   dlq        dead-letter queues: ls, show, replay, purge, export, import, setup, trim, metrics
   flags      feature flags in Redis: ls, get, set, unset (--workers: per worker)
   rollback   rollback materializers: DENIS_MATERIALIZERS_ENABLED=false, confirmed by every worker
+  decisions  the autoscaler's decision traces: tail [-n N] [--follow] [--pool P]
 
 Run 'fleetctl dlq --help' for the dlq commands, 'fleetctl dlq COMMAND --help' for one.
 
@@ -191,6 +192,8 @@ func run(ctx context.Context, args []string, std IO) error {
 		return runFlags(ctx, g, fs.Args()[1:], std)
 	case "rollback":
 		return runRollback(ctx, g, fs.Args()[1:], std)
+	case "decisions":
+		return runDecisions(ctx, g, fs.Args()[1:], std)
 	case "version":
 		fmt.Fprintf(std.Out, "fleetctl %s\n", Version)
 		return nil

@@ -103,6 +103,7 @@ type sampleStruct struct {
 	Arr      [2]uint8        `json:"arr"`
 	Untagged bool
 	embedded
+	//lint:ignore U1000 present so the test proves MarshalJSON skips unexported fields
 	unexported int
 }
 

@@ -38,7 +38,7 @@ func metaCases() []metaCase {
 			Result: map[string]any{
 				"naïve": []any{"é☃", "emoji 😀", "quote \" back \\ nl \n tab \t ctl \x01", nil, true, false},
 				"n":     map[string]any{"deep": []any{[]any{1, 2.5, json.Number("12345678901234567890")}}},
-				"f":     []any{1e16, 1e-05, 0.1, -0.0, 3.0, 1.5e300},
+				"f":     []any{1e16, 1e-05, 0.1, 0.0, 3.0, 1.5e300},
 			},
 			GroupID: "g-1", ParentID: "p-1",
 			Children: []any{[]any{[]any{"7cabf92f-0000", nil}, nil}},

@@ -131,6 +131,7 @@ var (
 	ErrTimeLimitExceeded = errors.New("TimeLimitExceeded: hard time limit exceeded")
 	// ErrTerminated: the task was revoked with terminate=True. The worker has recorded
 	// REVOKED (terminated) and moved on.
+	//lint:ignore ST1005 the message starts with the Celery exception's name
 	ErrTerminated = errors.New("Terminated: task revoked with terminate")
 )
 

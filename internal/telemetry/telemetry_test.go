@@ -107,7 +107,7 @@ func TestConsumerSpan(t *testing.T) {
 		}
 		attrs := map[string]string{}
 		for _, a := range s.Attributes {
-			attrs[string(a.Key)] = a.Value.Emit()
+			attrs[string(a.Key)] = a.Value.String()
 		}
 		want := map[string]string{"messaging.system": "redis", "messaging.destination.name": "q1",
 			"messaging.operation.type": "process", "messaging.message.id": tc.id, "celery.task_name": "diag.add",

@@ -85,19 +85,6 @@ func (r *recorder) of(id string) []string {
 	return out
 }
 
-// order returns the ids of events named ev, in order.
-func (r *recorder) order(ev string) []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for _, e := range r.events {
-		if name, id, _ := strings.Cut(e, ":"); name == ev {
-			out = append(out, id)
-		}
-	}
-	return out
-}
-
 // env is a worker running on a Redis broker and backend (DB 3) with its own queue.
 type env struct {
 	q       string

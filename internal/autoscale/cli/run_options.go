@@ -54,7 +54,6 @@ type runOptions struct {
 
 	workerCmd    []string
 	workerLogDir string
-	grace        time.Duration
 
 	pools []poolOptions
 }
@@ -143,7 +142,7 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	fs.SortFlags = false
 	fs.StringVar(&configFile, "config", "", "YAML file with the pools to scale (the chart's autoscaler.yaml); flags set on the command line override it (env FLEET_AUTOSCALER_CONFIG)")
 	fs.StringVar(&o.target, "target", TargetKubernetes, "kubernetes (a Deployment's /scale) or local (worker processes on this machine) (env FLEET_AUTOSCALER_TARGET)")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty: in-cluster config, else ~/.kube/config (env KUBECONFIG)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster config, else $KUBECONFIG or ~/.kube/config")
 	fs.StringVar(&o.namespace, "namespace", "", "namespace of the Deployments and the Lease; empty: the kubeconfig's or the pod's (env POD_NAMESPACE)")
 	fs.StringVar(&deployment, "deployment", "", "the worker Deployment to scale, when there is no --config (env FLEET_AUTOSCALER_DEPLOYMENT)")
 	fs.StringVar(&name, "name", "", "pool name (metrics and logs); default: the Deployment's name, or \"worker\" for --target local")
@@ -190,7 +189,7 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	fs.DurationVar(&grace, "grace", def.GracePeriod, "local: drain time after SIGTERM before SIGKILL; kubernetes: the pods' grace period when the Deployment does not set one")
 
 	envNames := map[string][]string{
-		"config": {"FLEET_AUTOSCALER_CONFIG"}, "target": {"FLEET_AUTOSCALER_TARGET"}, "kubeconfig": {"KUBECONFIG"},
+		"config": {"FLEET_AUTOSCALER_CONFIG"}, "target": {"FLEET_AUTOSCALER_TARGET"},
 		"namespace": {"POD_NAMESPACE"}, "deployment": {"FLEET_AUTOSCALER_DEPLOYMENT"},
 		"broker": {"FLEET_BROKER", "CELERY_BROKER_URL"}, "management-url": {"FLEET_RABBITMQ_MANAGEMENT_URL"},
 		"queues": {"FLEET_QUEUES"}, "result-backend": {"FLEET_RESULT_BACKEND", "CELERY_RESULT_BACKEND"},
@@ -199,20 +198,8 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 		"dry-run": {"FLEET_AUTOSCALER_DRY_RUN"}, "identity": {"POD_NAME"}, "metrics-addr": {"FLEET_METRICS_ADDR"},
 		"log-level": {"FLEET_LOG_LEVEL"}, "log-format": {"FLEET_LOG_FORMAT"}, "worker-cmd": {"FLEET_WORKER_CMD"},
 	}
-	for flagName, names := range envNames {
-		for _, n := range names {
-			if v, ok := envMap[n]; ok {
-				if err := fs.Set(flagName, v); err != nil {
-					return o, fmt.Errorf("bad value %q in $%s: %w", v, n, err)
-				}
-				break
-			}
-		}
-	}
-	// Flags set from the environment count as "not given on the command line" for the
-	// override rules below; only the command line overrides the --config file.
-	envSet := map[string]bool{}
-	fs.Visit(func(f *pflag.Flag) { envSet[f.Name] = true })
+	// The command line first; the environment fills what it did not set. Only the command
+	// line overrides the --config file.
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprint(helpOut, runUsageHead+fs.FlagUsages())
@@ -224,6 +211,21 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	}
 	cmdline := map[string]bool{}
 	fs.Visit(func(f *pflag.Flag) { cmdline[f.Name] = true })
+	envSet := map[string]bool{}
+	for flagName, names := range envNames {
+		if cmdline[flagName] {
+			continue
+		}
+		for _, n := range names {
+			if v, ok := envMap[n]; ok {
+				if err := fs.Set(flagName, v); err != nil {
+					return o, fmt.Errorf("bad value %q in $%s: %w", v, n, err)
+				}
+				envSet[flagName] = true
+				break
+			}
+		}
+	}
 	given := func(n string) bool { return cmdline[n] }
 
 	// The file, then the command line over it.

@@ -22,6 +22,7 @@ import (
 
 	"denis.io/fleet/internal/autoscale"
 	"denis.io/fleet/internal/events"
+	"denis.io/fleet/internal/flags"
 	"denis.io/fleet/internal/testutil/kube"
 )
 
@@ -141,7 +142,7 @@ func (c *cluster) annotate(t *testing.T, ctx context.Context, ann map[string]any
 
 // autoscaler starts the autoscaler binary against the cluster with the ServiceAccount's
 // kubeconfig, and returns the process and its decisions file.
-func (c *cluster) autoscaler(t *testing.T, name, queue, lease string, extra ...string) (*proc, string) {
+func (c *cluster) autoscaler(t *testing.T, name, queue, lease string, env []string, extra ...string) (*proc, string) {
 	t.Helper()
 	bin, _ := binaries(t)
 	decisions := filepath.Join(t.TempDir(), name+"-decisions.jsonl")
@@ -149,7 +150,7 @@ func (c *cluster) autoscaler(t *testing.T, name, queue, lease string, extra ...s
 		"-b", redisURL, "-Q", queue, "-c", "4", "--min", "1", "--max", "10", "--interval", "1s", "--task-seconds", "2s",
 		"--lease-name", lease, "--identity", name, "--lease-duration", "4s", "--renew-deadline", "3s", "--retry-period", "500ms",
 		"--metrics-addr", "", "--decisions-file", decisions}
-	return startAutoscaler(t, bin, name, nil, append(args, extra...)...), decisions
+	return startAutoscaler(t, bin, name, env, append(args, extra...)...), decisions
 }
 
 // noForbidden fails the test when the autoscaler logged an error the API server's RBAC
@@ -168,7 +169,8 @@ func noForbidden(t *testing.T, p *proc) {
 // server, with the autoscaler authenticated as the chart's ServiceAccount (its Role only):
 // a backlog pushed into a real queue raises /scale; the paused annotation drives it to 0
 // and holds it there while the backlog grows; a second replica stays passive until the
-// leader dies, then takes over.
+// leader dies, then takes over (and obeys FLEET_EMERGENCY_STOP from the flag store); the
+// leader's decision traces (DECISION_TRACE_ENABLED) carry the observation.
 func TestKubeScaleStopFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -179,10 +181,17 @@ func TestKubeScaleStopFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	fm.SetNamespaceCPU(ns, resource.MustParse("200m")) // 0.4 of the request
-	queue, lease := unique("as-kube"), unique("as-lease")
+	queue, lease, stream := unique("as-kube"), unique("as-lease"), unique("as-decisions")
 	b := queueBroker(t, queue)
-
-	a, aDecisions := c.autoscaler(t, "a", queue, lease)
+	rdb := redisClient(t)
+	store := flags.NewStore(rdb, "", "")
+	t.Cleanup(func() {
+		_ = store.Unset(context.Background(), flags.EmergencyStop)
+		rdb.Del(context.Background(), stream)
+	})
+	// Both replicas read the flag store in Redis; a also writes decision traces.
+	common := []string{"--flags-redis", redisURL, "--trace-stream", stream}
+	a, aDecisions := c.autoscaler(t, "a", queue, lease, []string{"DECISION_TRACE_ENABLED=true"}, common...)
 	eventually(t, 2*time.Minute, "replica a to lead", func() (bool, string) {
 		l, err := c.env.Client.CoordinationV1().Leases(ns).Get(ctx, lease, metav1.GetOptions{})
 		if err != nil {
@@ -190,7 +199,7 @@ func TestKubeScaleStopFailover(t *testing.T) {
 		}
 		return ptr.Deref(l.Spec.HolderIdentity, "") == "a", ptr.Deref(l.Spec.HolderIdentity, "")
 	})
-	bProc, bDecisions := c.autoscaler(t, "b", queue, lease)
+	bProc, bDecisions := c.autoscaler(t, "b", queue, lease, nil, common...)
 
 	t.Run("a backlog raises /scale", func(t *testing.T) {
 		if _, err := publishSleeps(ctx, b, queue, 600, 2); err != nil {
@@ -261,17 +270,64 @@ func TestKubeScaleStopFailover(t *testing.T) {
 			}
 			return ptr.Deref(l.Spec.HolderIdentity, "") == "b", ptr.Deref(l.Spec.HolderIdentity, "")
 		})
-		c.annotate(t, ctx, map[string]any{autoscale.AnnotationPaused: "true"})
-		eventually(t, time.Minute, "b to stop the fleet", func() (bool, string) {
+		// The new leader acts: the emergency-stop flag in the fleet's flag store stops it.
+		if _, err := store.Set(ctx, flags.EmergencyStop, "true"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "b to stop the fleet on FLEET_EMERGENCY_STOP", func() (bool, string) {
 			n := c.specReplicas(t, ctx)
 			return n == 0, fmt.Sprint(n)
 		})
-		if ds := readDecisions(t, bDecisions); len(ds) == 0 {
-			t.Fatal("b never decided")
+		eventually(t, 30*time.Second, "b's emergency-stop decision naming the flag", func() (bool, string) {
+			for _, d := range readDecisions(t, bDecisions) {
+				if d.Rule == autoscale.RuleEmergencyStop && strings.Contains(d.Reason, "FLEET_EMERGENCY_STOP") {
+					return true, ""
+				}
+			}
+			return false, ""
+		})
+		if err := store.Unset(ctx, flags.EmergencyStop); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "b to resume", func() (bool, string) {
+			n := c.specReplicas(t, ctx)
+			return n > 0, fmt.Sprint(n)
+		})
+	})
+
+	t.Run("decision traces carry the inputs", func(t *testing.T) {
+		entries, err := rdb.XRange(ctx, stream, "-", "+").Result()
+		if err != nil || len(entries) == 0 {
+			t.Fatalf("%d trace entries: %v", len(entries), err)
+		}
+		scaleUp := false
+		for _, e := range entries {
+			var tr autoscale.DecisionTrace
+			if err := json.Unmarshal([]byte(e.Values["trace"].(string)), &tr); err != nil {
+				t.Fatal(err)
+			}
+			if e.Values["pool"] != "worker" || tr.Pool != "worker" || tr.Instance != "a" || len(tr.Observation.Queues) != 1 ||
+				tr.Observation.Queues[0].Name != queue || tr.Observation.Workload.Name != "worker" || tr.Decision.Workload != "worker" {
+				t.Fatalf("trace %+v", tr)
+			}
+			// The scale-up's trace holds the pods (with their CPU) and the backlog it sized from.
+			if tr.Decision.Rule == autoscale.RuleBacklog && tr.Applied {
+				scaleUp = len(tr.Observation.Pods) > 0 && tr.Observation.Pods[0].CPU > 0 && tr.Observation.Queues[0].Ready >= 600
+			}
+		}
+		if !scaleUp {
+			t.Fatalf("no applied backlog scale-up with its pods and backlog among %d traces", len(entries))
 		}
 	})
 	noForbidden(t, a)
 	noForbidden(t, bProc)
+	for name, path := range map[string]string{"a": aDecisions, "b": bDecisions} {
+		for _, d := range readDecisions(t, path) {
+			if d.Changed() {
+				t.Logf("%s: %d → %d (%s): %s", name, d.Current, d.Desired, d.Rule, d.Reason)
+			}
+		}
+	}
 }
 
 // TestKubeScaleInSparesBusyPods: with the workers' heartbeats showing three pods running two
@@ -327,7 +383,7 @@ func TestKubeScaleInSparesBusyPods(t *testing.T) {
 			}
 		}
 	})
-	p, _ := c.autoscaler(t, "a", queue, unique("as-lease"), "--state-prefix", prefix,
+	p, _ := c.autoscaler(t, "a", queue, unique("as-lease"), nil, "--state-prefix", prefix,
 		"--scale-down-window", "10s", "--scale-down-period", "5s", "--reversal-guard", "5s")
 	eventually(t, 3*time.Minute, "spec.replicas = 3", func() (bool, string) {
 		n := c.specReplicas(t, ctx)

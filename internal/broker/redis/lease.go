@@ -93,8 +93,9 @@ func (b *Broker) sweep(ctx context.Context) (int, error) {
 	}()
 
 	ceil := nowFloat() - b.vt.Seconds()
-	stale, err := b.client.ZRevRangeByScore(ctx, b.keys.unackedIndex(), &goredis.ZRangeBy{
-		Max: formatScore(ceil), Min: "0",
+	// ZREVRANGEBYSCORE index ceil 0, as kombu does (ZRANGE … BYSCORE REV: start is the max).
+	stale, err := b.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
+		Key: b.keys.unackedIndex(), Start: formatScore(ceil), Stop: "0", ByScore: true, Rev: true,
 	}).Result()
 	if err != nil {
 		return 0, fmt.Errorf("redis: sweep: scan %s: %w", b.keys.unackedIndex(), err)

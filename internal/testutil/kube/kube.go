@@ -156,6 +156,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "start-kube.sh"), "start")
 	cmd.Env = append(os.Environ(),
 		"D="+c.Dir, "BIN="+bin, fmt.Sprintf("WATCH_PID=%d", os.Getpid()), fmt.Sprintf("KWOK_NODES=%d", opts.Nodes))
+	if c.ownDir {
+		cmd.Env = append(cmd.Env, "REMOVE_ON_EXIT=1")
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
