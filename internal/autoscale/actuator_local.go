@@ -263,7 +263,7 @@ func (f *LocalFleet) startLocked() error {
 	}
 	cmd := exec.Command(f.cfg.Command[0], args...)
 	cmd.Env = append(os.Environ(), f.cfg.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a terminal's Ctrl-C reaches the autoscaler only
+	cmd.SysProcAttr = workerProcAttr()
 	p := &localProc{name: name, cmd: cmd, done: make(chan struct{})}
 	if f.cfg.LogDir != "" {
 		lf, err := os.OpenFile(filepath.Join(f.cfg.LogDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

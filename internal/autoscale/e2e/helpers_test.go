@@ -35,7 +35,13 @@ const redisURL = "redis://127.0.0.1:6379/4"
 
 var harness = kube.NewHarness(kube.Options{})
 
-func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+func TestMain(m *testing.M) {
+	code := harness.Main(m)
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 var (
 	buildOnce sync.Once
@@ -148,6 +154,7 @@ func startAutoscaler(t *testing.T, bin string, name string, env []string, args .
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = childProcAttr() // an interrupted test run leaves no autoscaler behind
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

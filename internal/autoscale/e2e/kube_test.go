@@ -383,7 +383,7 @@ func TestKubeScaleInSparesBusyPods(t *testing.T) {
 			}
 		}
 	})
-	p, _ := c.autoscaler(t, "a", queue, unique("as-lease"), nil, "--state-prefix", prefix,
+	p, decisions := c.autoscaler(t, "a", queue, unique("as-lease"), nil, "--state-prefix", prefix,
 		"--scale-down-window", "10s", "--scale-down-period", "5s", "--reversal-guard", "5s")
 	eventually(t, 3*time.Minute, "spec.replicas = 3", func() (bool, string) {
 		n := c.specReplicas(t, ctx)
@@ -409,5 +409,16 @@ func TestKubeScaleInSparesBusyPods(t *testing.T) {
 		}
 		return !alive[idle] && len(alive) == 3, fmt.Sprint(names)
 	})
+	// The policy chose the idle pod; the actuator marked it before lowering the count.
+	marked := false
+	for _, d := range readDecisions(t, decisions) {
+		if d.Changed() {
+			t.Logf("%d → %d (%s) victims %v: %s", d.Current, d.Desired, d.Rule, d.Victims, d.Reason)
+			marked = marked || (d.Desired == 3 && len(d.Victims) == 1 && d.Victims[0] == idle)
+		}
+	}
+	if !marked {
+		t.Fatalf("no scale-in decision naming the idle pod %s as its victim", idle)
+	}
 	noForbidden(t, p)
 }
