@@ -29,6 +29,10 @@ type Options struct {
 	VisibilityTimeout time.Duration
 	// PrioritySteps are kombu's priority_steps, ascending. Default 0,3,6,9.
 	PrioritySteps []int
+	// PollInterval bounds the wait between two fetches while every consumed list is
+	// empty (the wait starts at 1 ms and doubles). Default DefaultPollInterval. Fetching
+	// never blocks in BRPOP: see the package documentation.
+	PollInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -36,9 +40,13 @@ type Options struct {
 // DefaultVisibilityTimeout is kombu's default visibility_timeout.
 const DefaultVisibilityTimeout = time.Hour
 
+// DefaultPollInterval is the longest wait between two fetches from empty queues: the
+// worst-case pickup delay of a message sent to an idle worker.
+const DefaultPollInterval = 50 * time.Millisecond
+
 const (
-	brpopTimeout   = time.Second
-	mutexExpireMS  = 300000 // kombu unacked_mutex_expire, 5 min
+	minPoll        = time.Millisecond
+	kombuMutexTTL  = 5 * time.Minute // kombu's unacked_mutex_expire
 	shutdownBudget = 30 * time.Second
 	maxBackoff     = 5 * time.Second
 )
@@ -48,8 +56,11 @@ type Broker struct {
 	client       *goredis.Client
 	keys         keyspace
 	vt           time.Duration
+	poll         time.Duration
 	refreshEvery time.Duration
 	sweepEvery   time.Duration
+	mutexTTL     time.Duration // how long our sweep holds unacked_mutex at most
+	stale        heldMutex     // someone else's holding of unacked_mutex
 	log          *slog.Logger
 
 	life       context.Context // cancelled by Close
@@ -103,6 +114,13 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 	if vt == 0 {
 		vt = DefaultVisibilityTimeout
 	}
+	poll := o.PollInterval
+	if poll < 0 {
+		return nil, fmt.Errorf("redis: negative poll interval %s", poll)
+	}
+	if poll == 0 {
+		poll = DefaultPollInterval
+	}
 	logger := o.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -113,12 +131,15 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 		return nil, fmt.Errorf("redis: connect to %s (db %d): %w", ro.Addr, ro.DB, err)
 	}
 	life, cancel := context.WithCancel(context.Background())
+	sweepEvery := bound(vt/2, 100*time.Millisecond, time.Minute)
 	return &Broker{
 		client:       client,
 		keys:         keyspace{prefix: o.KeyPrefix, steps: slices.Clone(steps)},
 		vt:           vt,
 		refreshEvery: bound(vt/4, 50*time.Millisecond, 30*time.Second),
-		sweepEvery:   bound(vt/2, 100*time.Millisecond, time.Minute),
+		sweepEvery:   sweepEvery,
+		mutexTTL:     bound(4*sweepEvery, 5*time.Second, kombuMutexTTL),
+		poll:         max(poll, minPoll),
 		log:          logger.With("broker", "redis", "addr", ro.Addr, "db", ro.DB),
 		life:         life,
 		cancelLife:   cancel,
@@ -300,11 +321,12 @@ func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *bro
 	defer close(out)
 	rr := &roundRobin{order: slices.Clone(queues)}
 	var bo backoff
+	idle := time.Duration(0) // the wait before the next poll while the queues are empty
 	for {
 		if ctx.Err() != nil || b.acquire(ctx) != nil {
 			return
 		}
-		d, err := b.fetch(ctx, rr)
+		d, popped, err := b.fetch(ctx, rr)
 		if err != nil {
 			b.release()
 			if ctx.Err() != nil {
@@ -325,8 +347,16 @@ func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *bro
 		}
 		if d == nil {
 			b.release()
+			if popped {
+				continue // an element that could not be leased stays in unacked for a sweep
+			}
+			idle = min(max(2*idle, minPoll), b.poll)
+			if !sleep(ctx, idle) {
+				return
+			}
 			continue
 		}
+		idle = 0
 		delivered := false
 		if ctx.Err() == nil {
 			select {
@@ -349,55 +379,44 @@ func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *bro
 	}
 }
 
-// fetch takes one message (nil when none arrived within brpopTimeout) and leases it.
-// The Redis calls run without ctx's cancellation so that a popped message is never
-// dropped on the floor by a cancelled read; BRPOP's timeout bounds the wait instead.
-func (b *Broker) fetch(ctx context.Context, rr *roundRobin) (*broker.Delivery, error) {
+// fetch pops and leases one message in one atomic step (fetchScript); it returns nil
+// when every list is empty. The Redis call runs without ctx's cancellation so that a
+// popped message is never dropped on the floor by a cancelled read.
+func (b *Broker) fetch(ctx context.Context, rr *roundRobin) (d *broker.Delivery, popped bool, err error) {
 	keys, owner := b.keys.fetchKeys(rr.order)
 	rctx := context.WithoutCancel(ctx)
-	scriptKeys := append([]string{b.keys.unacked(), b.keys.unackedIndex()}, keys...)
-	res, err := fetchScript.Run(rctx, b.client, scriptKeys, nowScore()).Slice()
-	switch {
-	case err == nil:
-		if len(res) < 2 {
-			return nil, fmt.Errorf("redis: fetch script returned %d values", len(res))
-		}
-		i, ok1 := res[0].(int64)
-		item, ok2 := res[1].(string)
-		if !ok1 || !ok2 || i < 1 || int(i) > len(keys) {
-			return nil, fmt.Errorf("redis: fetch script returned %v", res[:2])
-		}
-		queue := owner[i-1]
-		rr.rotate(queue)
-		if len(res) == 4 {
-			tag, _ := res[2].(string)
-			rec, _ := res[3].(string)
-			return b.adopt(ctx, queue, []byte(item), tag, []byte(rec)), nil
-		}
-		return b.adoptUnleased(ctx, queue, []byte(item)), nil
-	case !errors.Is(err, goredis.Nil):
-		return nil, fmt.Errorf("redis: fetch from %v: %w", rr.order, err)
+	scriptKeys := make([]string, 0, len(keys)+2)
+	scriptKeys = append(scriptKeys, b.keys.unacked(), b.keys.unackedIndex())
+	scriptKeys = append(scriptKeys, keys...)
+	args := make([]any, 0, len(owner)+2)
+	args = append(args, nowScore(), newTag())
+	for _, q := range owner {
+		args = append(args, q)
 	}
-	if ctx.Err() != nil {
-		return nil, nil
-	}
-	kv, err := b.client.BRPop(rctx, brpopTimeout, keys...).Result()
+	res, err := fetchScript.Run(rctx, b.client, scriptKeys, args...).Slice()
 	if errors.Is(err, goredis.Nil) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("redis: brpop %v: %w", rr.order, err)
+		return nil, false, fmt.Errorf("redis: fetch from %v: %w", rr.order, err)
 	}
-	if len(kv) != 2 {
-		return nil, fmt.Errorf("redis: brpop returned %d values", len(kv))
+	if len(res) != 5 {
+		return nil, true, fmt.Errorf("redis: fetch script returned %d values", len(res))
 	}
-	i := slices.Index(keys, kv[0])
-	if i < 0 {
-		return nil, fmt.Errorf("redis: brpop returned unknown key %q", kv[0])
+	i, ok1 := res[0].(int64)
+	item, ok2 := res[1].(string)
+	tag, ok3 := res[2].(string)
+	rec, ok4 := res[3].(string)
+	raw, ok5 := res[4].(int64)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || i < 1 || int(i) > len(keys) {
+		return nil, true, fmt.Errorf("redis: fetch script returned %v", res)
 	}
-	queue := owner[i]
+	queue := owner[i-1]
 	rr.rotate(queue)
-	return b.adoptUnleased(ctx, queue, []byte(kv[1])), nil
+	if raw == 0 {
+		return b.adopt(ctx, queue, []byte(item), tag, []byte(rec)), true, nil
+	}
+	return b.adoptRaw(ctx, queue, []byte(item), tag), true, nil
 }
 
 // adopt turns an envelope whose lease the fetch script recorded into a Delivery.
@@ -409,37 +428,31 @@ func (b *Broker) adopt(ctx context.Context, queue string, item []byte, tag strin
 	return b.hold(queue, item, tag, rec, env)
 }
 
-// adoptUnleased leases an envelope popped without a lease (BRPOP, or an envelope the
-// script could not read) and turns it into a Delivery.
-func (b *Broker) adoptUnleased(ctx context.Context, queue string, item []byte) *broker.Delivery {
+// adoptRaw turns an element the fetch script could not read into a Delivery. The script
+// leased it under tag with a placeholder record; here the envelope gets that tag as its
+// delivery_tag and the lease kombu's record of it, so that any sweep (Go or Python)
+// restores a readable envelope. Should the record not be replaced, the message stays
+// leased under the placeholder, which this package's sweep restores as is.
+func (b *Broker) adoptRaw(ctx context.Context, queue string, item []byte, tag string) *broker.Delivery {
 	env, err := decodeEnvelope(item)
 	if err != nil {
-		return b.adoptInvalid(ctx, queue, item, "", err)
+		return b.adoptInvalid(ctx, queue, item, tag, err)
 	}
-	if env.tag == "" {
-		env.tag = newTag()
-		tagged, err := setDeliveryTag(item, env.tag)
-		if err != nil {
-			return b.adoptInvalid(ctx, queue, item, "", fmt.Errorf("no delivery_tag, and none can be set: %w", err))
-		}
-		item = tagged
-	}
-	rec, err := makeRecord(item, env.exchange, env.routingKey)
+	tagged, err := setDeliveryTag(item, tag)
 	if err != nil {
-		b.log.Error("redis: dropped a message that cannot be leased", "queue", queue, "err", err, "envelope", string(item))
+		return b.adoptInvalid(ctx, queue, item, tag, fmt.Errorf("no usable delivery_tag, and none can be set: %w", err))
+	}
+	env.tag = tag
+	rec, err := makeRecord(tagged, env.exchange, env.routingKey)
+	if err == nil {
+		err = b.recordLease(ctx, tag, rec)
+	}
+	if err != nil {
+		b.log.Error("redis: could not replace a placeholder lease; it stays in unacked for a sweep",
+			"queue", queue, "tag", tag, "err", err)
 		return nil
 	}
-	if err := b.recordLease(ctx, env.tag, rec); err != nil {
-		// The message is only in memory now: put it back rather than lose it.
-		b.log.Error("redis: could not record lease; pushing the message back", "queue", queue, "tag", env.tag, "err", err)
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBudget)
-		defer cancel()
-		if perr := b.client.RPush(pctx, b.keys.listFor(queue, env.priority), item).Err(); perr != nil {
-			b.log.Error("redis: message lost: neither leased nor pushed back", "queue", queue, "err", perr, "envelope", string(item))
-		}
-		return nil
-	}
-	return b.hold(queue, item, env.tag, rec, env)
+	return b.hold(queue, tagged, tag, rec, env)
 }
 
 // recordLease writes the lease (kombu QoS.append), retrying with backoff for a while.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -414,6 +415,98 @@ func TestSweepSkipsWhileMutexHeld(t *testing.T) {
 	}
 }
 
+// A sweeper that died holding unacked_mutex (kombu holds it for 5 minutes) does not stop
+// restores for longer than the visibility timeout or our own mutex lifetime.
+func TestSweepTakesOverAbandonedMutex(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	b := f.broker(func(o *Options) { o.VisibilityTimeout = time.Second })
+	q := queueName("deadmutex")
+	raw, _ := encodeEnvelope(msg("m", 0), "", q, "t1")
+	rec, _ := makeRecord(raw, "", q)
+	f.rdb.HSet(ctx, f.ks.unacked(), "t1", rec)
+	f.rdb.ZAdd(ctx, f.ks.unackedIndex(), goredis.Z{Score: nowFloat() - 10, Member: "t1"})
+	f.rdb.Set(ctx, f.ks.mutex(), "dead-sweeper", 5*time.Minute)
+	if n, err := b.sweep(ctx); err != nil || n != 0 {
+		t.Fatalf("first sweep under a held mutex: %d, %v", n, err)
+	}
+	// The same holder is seen again once more than max(visibility timeout, mutexTTL) passed.
+	b.stale.mu.Lock()
+	b.stale.since = time.Now().Add(-b.mutexTTL - time.Second)
+	b.stale.mu.Unlock()
+	if n, err := b.sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep past an abandoned mutex: %d, %v", n, err)
+	}
+	if n := f.llen(f.prefix + q); n != 1 {
+		t.Errorf("queue has %d", n)
+	}
+	if v, _ := f.rdb.Get(ctx, f.ks.mutex()).Result(); v != "dead-sweeper" {
+		t.Errorf("mutex changed to %q", v)
+	}
+	// A different holder starts the clock again.
+	f.rdb.Set(ctx, f.ks.mutex(), "new-sweeper", 5*time.Minute)
+	if b.stale.abandoned("new-sweeper", b.mutexTTL) {
+		t.Error("a new holder is taken as abandoned at once")
+	}
+	if b.mutexTTL >= kombuMutexTTL || b.mutexTTL < 5*time.Second {
+		t.Errorf("mutexTTL %s", b.mutexTTL)
+	}
+}
+
+// The fetch script leases every element it pops, readable or not, in the same step: an
+// element without a usable delivery_tag gets a placeholder lease routed to its queue.
+func TestFetchLeasesUnreadableElementsAtomically(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	q := queueName("rawlease")
+	f.rdb.LPush(ctx, f.prefix+q, "garbage \x00 element")
+	keys := []string{f.ks.unacked(), f.ks.unackedIndex(), f.prefix + q}
+	res, err := fetchScript.Run(ctx, f.rdb, keys, nowScore(), "ph-tag", q).Slice()
+	if err != nil || len(res) != 5 {
+		t.Fatalf("fetch script: %v %v", res, err)
+	}
+	if res[2] != "ph-tag" || res[4] != int64(1) || res[1] != "garbage \x00 element" {
+		t.Fatalf("fetch script returned %v", res)
+	}
+	if n := f.llen(f.prefix + q); n != 0 {
+		t.Fatalf("list still has %d", n)
+	}
+	rec, err := f.rdb.HGet(ctx, f.ks.unacked(), "ph-tag").Result()
+	if err != nil || rec != res[3] {
+		t.Fatalf("lease record %q (%v), script said %q", rec, err, res[3])
+	}
+	env, ex, rk, err := parseRecord([]byte(rec))
+	if err != nil || ex != "" || rk != q || string(env) != `"garbage \u0000 element"` {
+		t.Fatalf("placeholder record %q: env %s ex %q rk %q %v", rec, env, ex, rk, err)
+	}
+	if _, err := f.rdb.ZScore(ctx, f.ks.unackedIndex(), "ph-tag").Result(); err != nil {
+		t.Fatalf("no index entry: %v", err)
+	}
+}
+
+// A placeholder lease whose consumer died before replacing it is restored as the element
+// it was, and delivered again (here: for dead-lettering, as it is not an envelope).
+func TestSweepRestoresPlaceholderLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	q := queueName("phrestore")
+	f.rdb.HSet(ctx, f.ks.unacked(), "ph", `["not json at all","",`+strconv.Quote(q)+`]`)
+	f.rdb.ZAdd(ctx, f.ks.unackedIndex(), goredis.Z{Score: nowFloat() - 10, Member: "ph"})
+	b := f.broker(func(o *Options) { o.VisibilityTimeout = time.Second })
+	if n, err := b.sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep: %d, %v", n, err)
+	}
+	if got := f.lrange(f.prefix + q); len(got) != 1 || got[0] != "not json at all" {
+		t.Fatalf("restored %q", got)
+	}
+	ch, _ := f.consume(b, 0, q)
+	d := recv(t, ch)
+	if d.Message.ContentType != protocol.ContentTypeInvalidEnvelope || string(d.Message.Body) != "not json at all" {
+		t.Fatalf("delivered %q %q", d.Message.ContentType, d.Message.Body)
+	}
+	ack(t, b, d)
+}
+
 func TestCloseRestoresUnsettled(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -465,7 +558,7 @@ func TestCancelClosesChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // let it block in BRPOP
+	time.Sleep(200 * time.Millisecond) // let it poll the empty queue
 	cancel()
 	select {
 	case _, ok := <-ch:
@@ -555,19 +648,19 @@ func TestReconnectAfterServerLoss(t *testing.T) {
 	ack(t, b, d)
 }
 
-func TestBlockingFetchRecordsLease(t *testing.T) {
+func TestIdleFetchRecordsLease(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	b := f.broker(nil)
-	q := queueName("brpop")
+	q := queueName("idle")
 	ch, _ := f.consume(b, 0, q)
-	time.Sleep(300 * time.Millisecond) // the consumer is blocked in BRPOP now
+	time.Sleep(300 * time.Millisecond) // the consumer is polling the empty queue now
 	f.publish(b, q, msg("late", 6))
 	d := recv(t, ch)
 	tag := d.Handle.(*lease).tag
 	rec, err := f.rdb.HGet(ctx, f.ks.unacked(), tag).Result()
 	if err != nil {
-		t.Fatalf("no lease after BRPOP: %v", err)
+		t.Fatalf("no lease after an idle fetch: %v", err)
 	}
 	env, ex, rk, err := parseRecord([]byte(rec))
 	if err != nil || ex != "" || rk != q {

@@ -9,14 +9,16 @@
 //   - _kombu.binding.<exchange>: binding sets, member "rk\x06\x16pattern\x06\x16queue".
 //   - unacked (hash tag → JSON [envelope, exchange, routing_key]) and unacked_index (zset
 //     tag → epoch seconds): the leases of delivered, unsettled messages.
-//   - unacked_mutex: the lock of the restore sweep (SET NX PX 300000, compare-and-delete).
+//   - unacked_mutex: the lock of the restore sweep (SET NX PX, compare-and-delete).
 //
-// Fetching first runs a Lua script that pops from the first non-empty sub-list
+// Fetching runs a Lua script that pops from the first non-empty sub-list
 // (priority-major over all consumed queues, kombu's round robin between queues) and
-// records the lease in the same atomic step. Only when every list is empty does the
-// consumer block in BRPOP (1 s at a time) and then record the lease in a MULTI right
-// after; a crash between that BRPOP reply and the MULTI loses the message. That
-// remaining window is inherited from kombu, which takes it on every message.
+// records the lease in the same atomic step, so a message is at every instant either in
+// a list or in unacked: no crash can lose it. kombu instead blocks in BRPOP and records
+// the lease afterwards, losing the message when the worker dies in between; this
+// package never uses BRPOP. While every list is empty it polls, the wait doubling from
+// 1 ms up to Options.PollInterval (50 ms by default), which bounds the pickup delay of
+// an idle worker and costs Redis about 20 script calls a second per idle consumer.
 //
 // Leases are refreshed (ZADD XX) while a delivery is unsettled, so no sweep, Python's
 // or ours, restores work in progress. The sweep restores leases older than the
@@ -25,6 +27,11 @@
 // KeyPrefix, VisibilityTimeout and PrioritySteps must match the Python side's
 // broker_transport_options (global_keyprefix, visibility_timeout, priority_steps). The
 // prefetch limit is per Broker, shared by all its Consume calls.
+//
+// A sweeper that dies holding unacked_mutex blocks kombu's sweeps for 5 minutes. Ours
+// hold it for a few sweep periods at most, and sweep without it once another holder has
+// kept it for longer than the visibility timeout: restores stay exactly-once because each
+// one is an atomic, record-checked script.
 //
 // Departures from kombu, none visible to Python peers: restored and requeued messages go
 // to their priority's sub-list rather than always the bare queue; a lease that cannot be

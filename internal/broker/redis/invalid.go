@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"fmt"
 
 	"denis.io/fleet/internal/broker"
 )
@@ -10,15 +9,11 @@ import (
 // adoptInvalid hands a list element that is not a readable kombu envelope to the caller
 // instead of dropping it: the Delivery's Message has content type
 // protocol.ContentTypeInvalidEnvelope and the raw element as its body, which the worker
-// dead-letters (reason decode_error) through its normal path. The lease records a kombu
-// envelope wrapping that message, under tag when the fetch script already leased the
-// element (the record is replaced) or under a new tag otherwise, so that whatever restores
-// it later (a Go or a Python sweep) puts back an envelope every consumer can read.
+// dead-letters (reason decode_error) through its normal path. The fetch script leased the
+// element under tag; here that lease's record is replaced by a kombu envelope wrapping the
+// message, so that whatever restores it later (a Go or a Python sweep) puts back an
+// envelope every consumer can read.
 func (b *Broker) adoptInvalid(ctx context.Context, queue string, item []byte, tag string, why error) *broker.Delivery {
-	leased := tag != ""
-	if !leased {
-		tag = newTag()
-	}
 	b.log.Warn("redis: element is not a kombu envelope; delivering it for dead-lettering",
 		"queue", queue, "tag", tag, "err", why, "element", truncateForLog(item))
 	msg := invalidEnvelope(item, why)
@@ -31,19 +26,8 @@ func (b *Broker) adoptInvalid(ctx context.Context, queue string, item []byte, ta
 			}
 		}
 	}
-	if leased {
-		b.log.Error("redis: could not lease an unreadable element; it stays in unacked for a sweep",
-			"queue", queue, "tag", tag, "err", err)
-		return nil
-	}
-	// The element is only in memory now: put it back rather than lose it.
-	b.log.Error("redis: could not lease an unreadable element; pushing it back", "queue", queue, "err", err)
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownBudget)
-	defer cancel()
-	if perr := b.client.RPush(pctx, b.keys.listFor(queue, 0), item).Err(); perr != nil {
-		b.log.Error("redis: element lost: neither leased nor pushed back", "queue", queue,
-			"err", fmt.Errorf("%w (lease: %v)", perr, err), "element", string(item))
-	}
+	b.log.Error("redis: could not lease an unreadable element; it stays in unacked for a sweep",
+		"queue", queue, "tag", tag, "err", err)
 	return nil
 }
 

@@ -2,8 +2,10 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -75,22 +77,42 @@ func (b *Broker) sweepLoop(ctx context.Context) {
 // sweep is kombu's restore_visible: under unacked_mutex, restore every lease older than
 // the visibility timeout, except those this broker holds itself. It returns how many
 // messages it restored.
+//
+// Two departures keep a dead sweeper from blocking restores for kombu's 5 minutes: our
+// sweeps hold the mutex for mutexTTL at most (a few sweep periods, the sweep's own
+// deadline), and when someone else's holding of it outlasts both the visibility timeout
+// and our mutexTTL (its holder died mid-sweep), we sweep without it. That is safe
+// because every restore is one atomic script that checks the lease record first, and
+// kombu's restore_by_tag removes a lease in one MULTI before pushing it: a lease is
+// restored by exactly one sweeper whoever runs concurrently.
 func (b *Broker) sweep(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.mutexTTL*3/4)
+	defer cancel()
 	token := newTag()
-	err := b.client.Do(ctx, "SET", b.keys.mutex(), token, "PX", mutexExpireMS, "NX").Err()
-	if errors.Is(err, goredis.Nil) {
-		return 0, nil // another consumer is sweeping
-	}
+	got, err := b.client.SetNX(ctx, b.keys.mutex(), token, b.mutexTTL).Result()
 	if err != nil {
 		return 0, fmt.Errorf("redis: sweep: take %s: %w", b.keys.mutex(), err)
 	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := unlockScript.Run(uctx, b.client, []string{b.keys.mutex()}, token).Err(); err != nil {
-			b.log.Warn("redis: sweep: release mutex", "err", err)
+	if got {
+		b.stale.forget()
+		defer func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := unlockScript.Run(uctx, b.client, []string{b.keys.mutex()}, token).Err(); err != nil {
+				b.log.Warn("redis: sweep: release mutex", "err", err)
+			}
+		}()
+	} else {
+		holder, err := b.client.Get(ctx, b.keys.mutex()).Result()
+		if err != nil && !errors.Is(err, goredis.Nil) {
+			return 0, fmt.Errorf("redis: sweep: read %s: %w", b.keys.mutex(), err)
 		}
-	}()
+		if !b.stale.abandoned(holder, max(b.vt, b.mutexTTL)) {
+			return 0, nil // another consumer is sweeping
+		}
+		b.log.Warn("redis: sweep: unacked_mutex held by the same owner for longer than a sweep can take; its holder is presumed dead, sweeping without it",
+			"mutex", b.keys.mutex(), "holder", holder)
+	}
 
 	ceil := nowFloat() - b.vt.Seconds()
 	// ZREVRANGEBYSCORE index ceil 0, as kombu does (ZRANGE … BYSCORE REV: start is the max).
@@ -152,8 +174,13 @@ func (b *Broker) restoreStale(ctx context.Context, tag string, ceil float64) (bo
 		b.log.Warn("redis: sweep: unreadable lease left in place", "tag", tag, "err", err)
 		return false, nil
 	}
-	redelivered, err := markRedelivered(env)
-	if err != nil {
+	var redelivered []byte
+	var element string
+	if json.Unmarshal(env, &element) == nil {
+		// A placeholder lease of an element the fetch script could not read (its consumer
+		// died before replacing it): the element goes back as it was.
+		redelivered = []byte(element)
+	} else if redelivered, err = markRedelivered(env); err != nil {
 		b.log.Warn("redis: sweep: unreadable envelope left in place", "tag", tag, "err", err)
 		return false, nil
 	}
@@ -197,4 +224,30 @@ func envelopePriority(env []byte) int {
 		return 0
 	}
 	return clamp(integer(e.Properties.Priority, 0), 0, 9)
+}
+
+// heldMutex tracks who holds unacked_mutex across our sweeps, to tell a sweeper that died
+// holding it from one that is working.
+type heldMutex struct {
+	mu     sync.Mutex
+	holder string
+	since  time.Time
+}
+
+// abandoned reports whether holder has held the mutex for longer than limit, as seen by
+// successive calls.
+func (h *heldMutex) abandoned(holder string, limit time.Duration) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if holder == "" || holder != h.holder {
+		h.holder, h.since = holder, time.Now()
+		return false
+	}
+	return time.Since(h.since) > limit
+}
+
+func (h *heldMutex) forget() {
+	h.mu.Lock()
+	h.holder = ""
+	h.mu.Unlock()
 }

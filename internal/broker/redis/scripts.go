@@ -2,38 +2,45 @@ package redis
 
 import goredis "github.com/redis/go-redis/v9"
 
-// fetchScript pops one envelope from the first non-empty list and records its lease in
-// the same atomic step, so no crash can lose a popped message.
+// fetchScript pops one element from the first non-empty list and records its lease in
+// the same atomic step, so that no crash can lose a popped message: the message is always
+// either in a list or in unacked.
 //
 //	KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] lists in priority-major order
-//	ARGV[1] now (epoch seconds)
+//	ARGV[1] now (epoch seconds), ARGV[2] a fresh tag for an element without a usable
+//	delivery_tag, ARGV[3..] the queue each list of KEYS[3..] belongs to
 //
-// Returns false when every list is empty, {i, envelope, tag, record} when the lease was
-// recorded (i is the 1-based position of the list among KEYS[3..]), or {i, envelope}
-// when the envelope could not be read in Lua (no usable delivery_tag); the caller then
-// records the lease itself.
+// Returns false when every list is empty, else {i, element, tag, record, raw}: i is the
+// 1-based position of the list among KEYS[3..]. raw is 0 when the element is a kombu
+// envelope with a delivery_tag (record is kombu's [envelope, exchange, routing_key]), 1
+// when Lua could not read one: the lease is then under ARGV[2] and its record holds the
+// element as a JSON string routed to its queue, until the caller replaces it.
 var fetchScript = goredis.NewScript(`
 for i = 3, #KEYS do
   local item = redis.call('RPOP', KEYS[i])
   if item then
+    local tag, rec, raw = nil, nil, 0
     local ok, env = pcall(cjson.decode, item)
     if ok and type(env) == 'table' and type(env.properties) == 'table' then
       local p = env.properties
-      local tag = p.delivery_tag
-      if type(tag) == 'string' and tag ~= '' then
+      if type(p.delivery_tag) == 'string' and p.delivery_tag ~= '' then
+        tag = p.delivery_tag
         local ex, rk = '', ''
         local di = p.delivery_info
         if type(di) == 'table' then
           if type(di.exchange) == 'string' then ex = di.exchange end
           if type(di.routing_key) == 'string' then rk = di.routing_key end
         end
-        local rec = '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
-        redis.call('ZADD', KEYS[2], ARGV[1], tag)
-        redis.call('HSET', KEYS[1], tag, rec)
-        return {i - 2, item, tag, rec}
+        rec = '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
       end
     end
-    return {i - 2, item}
+    if not tag then
+      tag, raw = ARGV[2], 1
+      rec = '[' .. cjson.encode(item) .. ',"",' .. cjson.encode(ARGV[i]) .. ']'
+    end
+    redis.call('ZADD', KEYS[2], ARGV[1], tag)
+    redis.call('HSET', KEYS[1], tag, rec)
+    return {i - 2, item, tag, rec, raw}
   end
 end
 return false
