@@ -1,17 +1,19 @@
 # fleet: Go workers for a Python Celery deployment.
-#   make run    build and run one worker on the local RabbitMQ (results in local Redis)
+#   make run    build and run the fleet locally: the autoscaler supervising worker processes on the
+#               local RabbitMQ (results and fleet state in local Redis), scaling 1..8 on queue depth
 #   make test   every test (starts/installs what the tests need first)
 
 GO        ?= go
 BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X denis.io/fleet/internal/workercli.Version=$(VERSION) -X denis.io/fleet/internal/fleetctl.Version=$(VERSION)
+LDFLAGS   := -s -w -X denis.io/fleet/internal/workercli.Version=$(VERSION) -X denis.io/fleet/internal/fleetctl.Version=$(VERSION) \
+             -X denis.io/fleet/internal/autoscale/cli.Version=$(VERSION)
 TOOLS_DIR ?= $(HOME)/.cache/fleet-tools
 STATICCHECK_VERSION := v0.8.2
 BROKER    ?= amqp://guest:guest@127.0.0.1:5672//
 BACKEND   ?= redis://127.0.0.1:6379/0
 
-.PHONY: all build run test test-go test-e2e lint vet services k8s-tools chart-sync image golden bench-compare loadtest clean
+.PHONY: all build run run-worker test test-go test-e2e lint vet services k8s-tools chart-sync image golden bench-compare loadtest clean
 
 all: build
 
@@ -22,8 +24,18 @@ build:
 services:
 	@bash scripts/services.sh
 
+RUN_QUEUES ?= celery
+RUN_MAX    ?= 8
+# The autoscaler's local target starts, drains and restarts the workers (same policy and
+# signals as on Kubernetes); send tasks to $(RUN_QUEUES) and watch it scale. Ctrl-C drains all.
 run: build services
-	$(BIN)/worker -b '$(BROKER)' --result-backend '$(BACKEND)' -Q celery --log-format json
+	$(BIN)/autoscaler run --target local -b '$(BROKER)' -Q $(RUN_QUEUES) --min 1 --max $(RUN_MAX) \
+	  --state-redis '$(BACKEND)' --result-backend '$(BACKEND)' --metrics-addr 127.0.0.1:9809 --log-format text \
+	  --worker-cmd "$(BIN)/worker -c 4 --prefetch-multiplier 1 --result-backend $(BACKEND) --log-format text"
+
+# One worker in the foreground, without the autoscaler.
+run-worker: build services
+	$(BIN)/worker -b '$(BROKER)' --result-backend '$(BACKEND)' -Q $(RUN_QUEUES) --log-format json
 
 test: services vet lint test-go
 
