@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"denis.io/fleet/internal/procstat"
 )
 
 // LocalFleet supervises worker processes on this machine as a Deployment would run pods:
@@ -38,6 +40,7 @@ type LocalFleet struct {
 	wg      sync.WaitGroup
 	kills   int
 	crashes int
+	cpu     procstat.CPUMeter
 }
 
 // LocalConfig configures a LocalFleet.
@@ -61,6 +64,10 @@ type LocalConfig struct {
 	ReadyAfter time.Duration
 	// MaxBackoff caps the restart backoff after crashes (default 30 s).
 	MaxBackoff time.Duration
+	// CPU measures each worker's CPU from /proc (Linux) as a pod's usage ÷ request, the
+	// request being CPURequest cores (default 1).
+	CPU        bool
+	CPURequest float64
 	Log        *slog.Logger
 }
 
@@ -91,6 +98,9 @@ func NewLocalFleet(cfg LocalConfig) (*LocalFleet, error) {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.CPURequest <= 0 {
+		cfg.CPURequest = 1
 	}
 	if cfg.Stderr == nil {
 		cfg.Stderr = os.Stderr
@@ -170,7 +180,15 @@ func (f *LocalFleet) ReadWorkload(context.Context) (WorkloadState, error) {
 	for _, n := range names {
 		p := f.procs[n]
 		ready := !p.stopping && now.Sub(p.started) >= f.cfg.ReadyAfter
-		pods = append(pods, PodSignal{Name: n, Ready: ready, Terminating: p.stopping})
+		ps := PodSignal{Name: n, Ready: ready, Terminating: p.stopping}
+		if f.cfg.CPU && p.cmd.Process != nil && !exited(p) {
+			if s, err := procstat.ReadProc(p.cmd.Process.Pid); err == nil {
+				if cores, ok := f.cpu.Observe(n, now, s.CPUSeconds); ok {
+					ps.CPU, ps.CPUAt = cores/f.cfg.CPURequest, now
+				}
+			}
+		}
+		pods = append(pods, ps)
 		if !p.stopping {
 			w.StatusReplicas++
 			w.UpdatedReplicas++
@@ -179,6 +197,7 @@ func (f *LocalFleet) ReadWorkload(context.Context) (WorkloadState, error) {
 			}
 		}
 	}
+	f.cpu.Retain(func(name string) bool { return f.procs[name] != nil })
 	return WorkloadState{Workload: w, Pods: pods}, nil
 }
 

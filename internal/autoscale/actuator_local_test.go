@@ -174,3 +174,42 @@ func TestLocalFleetKillsAfterGraceAndRestartsCrashes(t *testing.T) {
 		})
 	}
 }
+
+// With CPU on, a worker's CPU is read from /proc as usage ÷ CPURequest cores: a process
+// spinning one core shows up busy, a sleeping one idle.
+func TestLocalFleetMeasuresWorkerCPU(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc on this system")
+	}
+	for _, tc := range []struct {
+		name     string
+		body     string
+		min, max float64
+	}{
+		{"busy", "trap 'exit 0' TERM\nwhile :; do :; done\n", 0.2, 4},
+		{"idle", "trap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n", 0, 0.2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFleet(t, LocalConfig{Name: "w", Command: []string{script(t, tc.body)},
+				Grace: time.Second, CPU: true, CPURequest: 0.5})
+			if err := f.Scale(context.Background(), 1); err != nil {
+				t.Fatal(err)
+			}
+			var cpu float64
+			waitFor(t, 20*time.Second, "a CPU sample", func() bool {
+				st, err := f.ReadWorkload(context.Background())
+				if err != nil || len(st.Pods) != 1 || st.Pods[0].CPUAt.IsZero() {
+					return false
+				}
+				cpu = st.Pods[0].CPU
+				return true
+			})
+			time.Sleep(500 * time.Millisecond)
+			st, _ := f.ReadWorkload(context.Background())
+			cpu = st.Pods[0].CPU
+			if cpu < tc.min || cpu > tc.max {
+				t.Fatalf("CPU ÷ request %.2f, want within [%.1f, %.1f]", cpu, tc.min, tc.max)
+			}
+		})
+	}
+}

@@ -135,7 +135,7 @@ func TestPrometheusAlertsComplete(t *testing.T) {
 					t.Errorf("%s: no %s", r.Alert, k)
 				}
 			}
-			anchor, ok := strings.CutPrefix(r.Annotations["runbook_url"], "README.md#")
+			anchor, ok := strings.CutPrefix(r.Annotations["runbook_url"], "docs/dlq.md#")
 			if !ok || !anchors[anchor] {
 				t.Errorf("%s: runbook %q is not a section of docs/dlq.md", r.Alert, r.Annotations["runbook_url"])
 			}

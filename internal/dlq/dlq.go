@@ -3,8 +3,9 @@
 // original message (kept intact otherwise, so that it can be replayed), and everything an
 // operator does with them on either broker: reading dead letters (ours and RabbitMQ's own,
 // which carry x-death), replaying, purging, exporting and importing them without losing or
-// duplicating any, retention with counted and logged eviction, and the fleet_dlq_*
-// Prometheus metrics. Moving messages is the transports' job (broker.Broker.DeadLetter,
+// duplicating any, retention with counted and logged eviction, the fleet_dlq_*
+// Prometheus metrics, and the fleet-wide redelivery count behind reason worker_lost
+// (RedisRedeliveries). Moving messages is the transports' job (broker.Broker.DeadLetter,
 // broker.Browser); this package decides what moves where.
 package dlq
 

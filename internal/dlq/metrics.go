@@ -210,7 +210,9 @@ func (c *Collector) stat(ctx context.Context, q string, now time.Time) (QueueSta
 	s := QueueStat{Queue: q, Label: Label(q)}
 	n, err := c.src.Depth(ctx, q)
 	if errors.Is(err, broker.ErrQueueNotFound) {
-		// Not declared yet (nothing was ever dead-lettered from the queue): empty.
+		// Not declared yet (nothing was ever dead-lettered from the queue; RabbitMQ
+		// answers 404 NOT_FOUND): empty, and nothing to warn about.
+		c.log.Debug("dlq metrics: dead-letter queue not declared yet, counted as empty", "queue", q)
 		s.OldestKnown = true
 		return s, nil
 	}

@@ -26,6 +26,9 @@ type Health struct {
 	// Ready reports whether the worker should receive traffic: nil when ready, else the
 	// reason. nil Ready means always ready.
 	Ready func(ctx context.Context) error
+	// Drain, when set, is served at POST /drain (the preStop hook): it starts the worker's
+	// drain and must return at once. nil: no /drain route.
+	Drain func()
 
 	started  time.Time
 	lastBeat atomic.Int64 // unix nanoseconds
@@ -55,7 +58,7 @@ func (h *Health) Alive(now time.Time) error {
 	return nil
 }
 
-// Handler serves /metrics from g, /healthz and /readyz.
+// Handler serves /metrics from g, /healthz, /readyz and, when h.Drain is set, /drain.
 func Handler(g prometheus.Gatherer, h *Health) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
@@ -77,6 +80,18 @@ func Handler(g prometheus.Gatherer, h *Health) http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if h.Drain != nil {
+		mux.HandleFunc("/drain", func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodPost {
+				w.Header().Set("Allow", http.MethodPost)
+				http.Error(w, "method not allowed: POST /drain", http.StatusMethodNotAllowed)
+				return
+			}
+			h.Drain()
+			w.WriteHeader(http.StatusAccepted)
+			fmt.Fprintln(w, "draining")
+		})
+	}
 	return mux
 }
 

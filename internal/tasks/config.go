@@ -2,11 +2,13 @@ package tasks
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"denis.io/fleet/internal/flags"
 	"denis.io/fleet/internal/ratelimit"
 )
 
@@ -56,6 +59,70 @@ type TaskConfig struct {
 	SoftTimeLimit time.Duration `yaml:"soft_time_limit"`
 	// RateLimit is Celery's rate_limit ("10/s", "100/m", "1000/h"; "" none).
 	RateLimit string `yaml:"rate_limit"`
+
+	// Kind says what serves the task: "" (a handler registered in Go code), KindDiag (a
+	// built-in diag.* task), or KindCrew, KindMaterializer, KindExec, KindHTTP (a runner the
+	// worker builds from Job). The default names DefaultCrewTask and
+	// DefaultMaterializerTask imply their kind.
+	Kind string `yaml:"kind"`
+	// RequiresFlag names a Bool feature flag (e.g. VOICE_ENABLED) that must be on for the
+	// task to run; while it is off the task fails and is dead-lettered with reason
+	// flag_disabled (see RequireFlag and Config.FlagGate). It needs acks_late.
+	RequiresFlag string `yaml:"requires_flag"`
+	// Job is the runner settings (runner, allow, exec, http) of a task of kind crew,
+	// materializer, exec or http; see JobConfig.
+	Job JobConfig `yaml:"-"`
+}
+
+// KindDiag marks a task entry as one of the built-in diagnostic tasks (diag.*), which need
+// no runner.
+const KindDiag = "diag"
+
+// The default crew and materializer tasks: an entry with one of these names needs no kind,
+// and a crew or materializer task without a queue is routed to the default queue of its
+// kind. Other names work the same way with an explicit kind.
+const (
+	DefaultCrewTask          = "denis.crew.run"
+	DefaultMaterializerTask  = "denis.materializer.run"
+	DefaultCrewQueue         = "crews"
+	DefaultMaterializerQueue = "materializers"
+)
+
+// Kinds returns the values the kind setting accepts.
+func Kinds() []string {
+	return []string{KindCrew, KindMaterializer, KindExec, KindHTTP, KindDiag}
+}
+
+// IsJobKind reports whether tasks of kind are served by a runner (crew, materializer, exec,
+// http).
+func IsJobKind(kind string) bool {
+	switch kind {
+	case KindCrew, KindMaterializer, KindExec, KindHTTP:
+		return true
+	}
+	return false
+}
+
+// defaultKind is the kind implied by a task name, "" for most names.
+func defaultKind(name string) string {
+	switch name {
+	case DefaultCrewTask:
+		return KindCrew
+	case DefaultMaterializerTask:
+		return KindMaterializer
+	}
+	return ""
+}
+
+// defaultQueue is the queue of a task of kind that names none.
+func defaultQueue(kind string) string {
+	switch kind {
+	case KindCrew:
+		return DefaultCrewQueue
+	case KindMaterializer:
+		return DefaultMaterializerQueue
+	}
+	return ""
 }
 
 // Celery's defaults for the retry settings.
@@ -87,6 +154,59 @@ type Config struct {
 	Tasks map[string]TaskConfig
 	// QueueSettings are the settings of the `queues:` section, by queue name.
 	QueueSettings map[string]QueueConfig
+	// File is the name the configuration was read from (for error messages).
+	File string
+
+	lines map[string]int // line of each task entry's key ("tasks.<name>") and kind ("tasks.<name>.kind")
+}
+
+// Errorf returns a *ConfigError at key (e.g. "tasks.denis.crew.run.kind"), with the line
+// of that key, else of the task entry it belongs to, when the file has it. The worker uses
+// it for mistakes found after parsing, such as a kind the command line rules out.
+func (c *Config) Errorf(key, format string, a ...any) *ConfigError {
+	e := &ConfigError{Key: key, Msg: fmt.Sprintf(format, a...)}
+	if c == nil {
+		return e
+	}
+	e.File = c.File
+	for k := key; k != ""; {
+		if l, ok := c.lines[k]; ok {
+			e.Line = l
+			break
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return e
+}
+
+// TaskNames returns the names of the configured tasks, sorted.
+func (c *Config) TaskNames() []string {
+	if c == nil {
+		return nil
+	}
+	names := make([]string, 0, len(c.Tasks))
+	for n := range c.Tasks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// FlagGate is the middleware of requires_flag: a task whose entry names a flag runs only
+// while that flag is on (RequireFlag); other tasks pass through.
+func (c *Config) FlagGate(fl FlagReader) Middleware {
+	return func(next Handler) Handler {
+		return HandlerFunc(func(ctx context.Context, r *Request) (any, error) {
+			if f := c.For(r.Name).RequiresFlag; f != "" {
+				return RequireFlag(f, fl, next).ServeTask(ctx, r)
+			}
+			return next.ServeTask(ctx, r)
+		})
+	}
 }
 
 // QueueArguments returns the AMQP x-arguments to declare each configured queue with
@@ -154,6 +274,9 @@ type ConfigError struct {
 }
 
 func (e *ConfigError) Error() string {
+	if e.File == "" {
+		return fmt.Sprintf("%s: %s", e.Key, e.Msg)
+	}
 	if e.Line > 0 {
 		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Key, e.Msg)
 	}
@@ -178,11 +301,20 @@ func (e *ConfigError) Error() string {
 //	    time_limit: 300            # hard; seconds or a duration
 //	    soft_time_limit: 240
 //	    rate_limit: 10/s           # Celery syntax: N, N/s, N/m, N/h
+//	    requires_flag: VOICE_ENABLED  # runs only while this Bool feature flag is on
+//	  denis.crew.run:              # kind crew implied; queue crews by default
+//	    kind: crew                 # crew, materializer, exec, http or diag
+//	    runner: exec               # and allow, exec, http: see JobConfig
+//	    allow: [research]
+//	    exec:
+//	      argv: [/opt/denis/bin/crew, "{crew}"]
 //	queues:
 //	  celery:
 //	    max_priority: 10           # RabbitMQ x-max-priority
 //
-// Unknown keys and wrong types are errors that name the file, line and key.
+// Unknown keys and wrong types are errors that name the file, line and key. A task of kind
+// crew or materializer without a runner is an error too: the worker refuses to start rather
+// than accept jobs it cannot run.
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -193,7 +325,7 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig parses the configuration in data; name is used in error messages.
 func ParseConfig(name string, data []byte) (*Config, error) {
-	cfg := &Config{Tasks: map[string]TaskConfig{}, QueueSettings: map[string]QueueConfig{}}
+	cfg := &Config{Tasks: map[string]TaskConfig{}, QueueSettings: map[string]QueueConfig{}, File: name, lines: map[string]int{}}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
@@ -237,11 +369,26 @@ func parseTasks(file string, n *yaml.Node, cfg *Config) error {
 		if v.Kind != yaml.MappingNode && !(v.Kind == yaml.ScalarNode && v.Tag == "!!null") {
 			return &ConfigError{File: file, Line: v.Line, Key: "tasks." + k.Value, Msg: "must be a mapping of settings"}
 		}
+		cfg.lines["tasks."+k.Value] = k.Line
+		var runnerKey *yaml.Node // the first runner setting, for the error of a kind without runners
 		for j := 0; j+1 < len(v.Content); j += 2 {
 			sk, sv := v.Content[j], v.Content[j+1]
 			key := "tasks." + k.Value + "." + sk.Value
 			var err error
 			switch sk.Value {
+			case "kind":
+				if tc.Kind, err = decodeString(sv); err == nil && !slices.Contains(Kinds(), tc.Kind) {
+					err = fmt.Errorf("unknown kind (known: %s)", strings.Join(Kinds(), ", "))
+				}
+				cfg.lines[key] = sv.Line
+			case "requires_flag":
+				if tc.RequiresFlag, err = decodeString(sv); err == nil {
+					err = checkRequiredFlag(tc.RequiresFlag)
+				}
+			case "runner", "allow", "exec", "http":
+				if runnerKey == nil {
+					runnerKey = sk
+				}
 			case "acks_late":
 				err = decodeBool(sv, &tc.AcksLate)
 			case "track_started":
@@ -286,15 +433,78 @@ func parseTasks(file string, n *yaml.Node, cfg *Config) error {
 			return &ConfigError{File: file, Line: k.Line, Key: "tasks." + k.Value + ".dead_letter_on_failure",
 				Msg: "needs acks_late: true (an early-acked message is no longer on the broker to be dead-lettered)"}
 		}
+		if tc.RequiresFlag != "" && !tc.AcksLate {
+			return &ConfigError{File: file, Line: k.Line, Key: "tasks." + k.Value + ".requires_flag",
+				Msg: "needs acks_late: true (a task refused by its flag is dead-lettered, to be replayed once the flag is on)"}
+		}
+		if tc.Kind == "" {
+			tc.Kind = defaultKind(k.Value)
+		}
+		if err := taskKind(file, k, v, runnerKey, &tc); err != nil {
+			return err
+		}
 		cfg.Tasks[k.Value] = tc
 	}
 	return nil
 }
 
+// taskKind checks the entry k: v against its kind: a runner kind gets its runner settings
+// (ParseJobConfig) and its default queue; other kinds must not have runner settings; a diag
+// entry must name a built-in diag task.
+func taskKind(file string, k, v, runnerKey *yaml.Node, tc *TaskConfig) error {
+	prefix := "tasks." + k.Value
+	switch {
+	case IsJobKind(tc.Kind):
+		jc, err := ParseJobConfig(file, prefix, v, tc.Kind)
+		if err != nil {
+			return err
+		}
+		tc.Job = jc
+		if tc.Queue == "" {
+			tc.Queue = defaultQueue(tc.Kind)
+		}
+	case runnerKey != nil:
+		return &ConfigError{File: file, Line: runnerKey.Line, Key: prefix + "." + runnerKey.Value,
+			Msg: "runner settings need kind: crew, materializer, exec or http"}
+	case tc.Kind == KindDiag && !slices.Contains(DiagNames(), k.Value):
+		line := k.Line
+		if kn := lookupKey(v, "kind"); kn != nil {
+			line = kn.Line
+		}
+		return &ConfigError{File: file, Line: line, Key: prefix + ".kind",
+			Msg: fmt.Sprintf("%q is not a built-in diag task (%s)", k.Value, strings.Join(DiagNames(), ", "))}
+	}
+	return nil
+}
+
+// DiagNames returns the names of the built-in diagnostic tasks RegisterDiag registers.
+func DiagNames() []string {
+	return []string{DiagAdd, DiagEcho, DiagSleep, DiagCPU, DiagFail, DiagFlaky}
+}
+
+// checkRequiredFlag accepts the name of a known Bool feature flag.
+func checkRequiredFlag(name string) error {
+	d, ok := flags.Lookup(name)
+	if !ok {
+		var known []string
+		for _, d := range flags.Defs() {
+			if d.Kind == flags.Bool {
+				known = append(known, d.Name)
+			}
+		}
+		return fmt.Errorf("unknown feature flag (known: %s)", strings.Join(known, ", "))
+	}
+	if d.Kind != flags.Bool {
+		return fmt.Errorf("%s is not an on/off flag", name)
+	}
+	return nil
+}
+
 // taskSettings are the known per-task settings, in the order the documentation lists them.
-var taskSettings = []string{"acks_late", "track_started", "ignore_result", "queue", "max_retries",
+var taskSettings = []string{"kind", "acks_late", "track_started", "ignore_result", "queue", "max_retries",
 	"default_retry_delay", "autoretry_for", "retry_backoff", "retry_backoff_max", "retry_jitter",
-	"dead_letter_on_failure", "time_limit", "soft_time_limit", "rate_limit"}
+	"dead_letter_on_failure", "time_limit", "soft_time_limit", "rate_limit", "requires_flag",
+	"runner", "allow", "exec", "http"}
 
 func parseQueues(file string, n *yaml.Node, cfg *Config) error {
 	if n.Kind != yaml.MappingNode {

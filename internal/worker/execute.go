@@ -289,6 +289,7 @@ func (w *Worker) settle(j *job) {
 	if !j.acked {
 		w.ack(j.d)
 	}
+	w.forgetRedeliveries(j)
 	w.forget(j)
 }
 
@@ -684,6 +685,7 @@ func (w *Worker) deadLetter(j *job, info *TaskInfo, reason, errText string) {
 		w.settleError("dead-letter", d, err)
 		return
 	}
+	w.forgetRedeliveries(j)
 	w.counters.deadLettered.Add(1)
 	w.obs.deadLettered(info, dlq.QueueName(d.Queue), reason)
 }

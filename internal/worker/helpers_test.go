@@ -93,6 +93,8 @@ type env struct {
 	c       *goredis.Client
 	w       *Worker
 	rec     *recorder
+	opts    envOpts
+	log     *slog.Logger
 	stop    context.CancelFunc
 	stopped chan struct{}
 }
@@ -103,6 +105,31 @@ type envOpts struct {
 	yaml  string // --config contents
 	setup func(reg *tasks.Registry)
 	vt    time.Duration
+	// queueArgs are the AMQP x-arguments the queue is declared with (a quorum queue).
+	queueArgs map[string]any
+	// prepare runs before the worker starts, with a broker of its own (closed after).
+	prepare func(t *testing.T, b broker.Broker, q string)
+}
+
+// openBroker opens the broker of o for queue q.
+func openBroker(t *testing.T, o envOpts, q string, log *slog.Logger) broker.Broker {
+	t.Helper()
+	ctx := context.Background()
+	var b broker.Broker
+	var err error
+	if o.amqp {
+		var args map[string]map[string]any
+		if o.queueArgs != nil {
+			args = map[string]map[string]any{q: o.queueArgs}
+		}
+		b, err = amqpbroker.New(ctx, amqpbroker.Options{URL: testAMQPURL, QueueArguments: args, Logger: log})
+	} else {
+		b, err = redisbroker.New(ctx, redisbroker.Options{URL: testRedisURL, VisibilityTimeout: o.vt, Logger: log})
+	}
+	if err != nil {
+		t.Fatalf("broker (are Redis and RabbitMQ running?): %v", err)
+	}
+	return b
 }
 
 func startEnv(t *testing.T, o envOpts) *env {
@@ -113,17 +140,17 @@ func startEnv(t *testing.T, o envOpts) *env {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	var b broker.Broker
-	var err error
 	if o.amqp {
-		b, err = amqpbroker.New(ctx, amqpbroker.Options{URL: testAMQPURL, Logger: log})
 		t.Cleanup(func() { deleteAMQPQueues(q, q+".dlq") })
-	} else {
-		b, err = redisbroker.New(ctx, redisbroker.Options{URL: testRedisURL, VisibilityTimeout: o.vt, Logger: log})
 	}
-	if err != nil {
-		t.Fatalf("broker (are Redis and RabbitMQ running?): %v", err)
+	if o.prepare != nil {
+		pb := openBroker(t, o, q, log)
+		o.prepare(t, pb, q)
+		if err := pb.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	b := openBroker(t, o, q, log)
 	rb, err := result.OpenRedis(ctx, testRedisURL, result.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +179,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 	}
 	rec := newRecorder()
 	cfg.Observers = append(cfg.Observers, rec)
-	e := &env{q: q, b: b, rb: rb, c: c, rec: rec, stopped: make(chan struct{})}
+	e := &env{q: q, b: b, rb: rb, c: c, rec: rec, opts: o, log: log, stopped: make(chan struct{})}
 	e.w = New(cfg, b, rb, reg)
 	runCtx, stop := context.WithCancel(ctx)
 	e.stop = stop

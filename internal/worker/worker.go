@@ -73,6 +73,16 @@ type Config struct {
 	Revoked RevokedStore
 	// Observers are told about every task event.
 	Observers []Observer
+
+	// MaxRedeliveries is how many times a message may come back redelivered (its worker
+	// died or lost the broker while holding it) before it is dead-lettered with reason
+	// worker_lost instead of run again; 0 switches the limit off (the worker command
+	// defaults to DefaultMaxRedeliveries). Messages a worker hands back on purpose
+	// (shutdown, rejected with requeue, an outcome it could not record) do not count.
+	MaxRedeliveries int
+	// Redeliveries counts redeliveries fleet-wide (dlq.RedisRedeliveries); without it
+	// redeliveries are not counted and MaxRedeliveries has no effect.
+	Redeliveries RedeliveryCounter
 }
 
 // DefaultMaxETATasks is the default bound on held ETA messages.
@@ -144,6 +154,9 @@ type Worker struct {
 	processed atomic.Int64
 	active    atomic.Int64
 	counters  counters
+
+	onDelivery      []func(*broker.Delivery) // set before Run (OnDelivery)
+	counterFailedAt atomic.Int64             // UnixNano of the last failed counter bookkeeping call
 }
 
 // counters are the worker's running totals (see Snapshot).
@@ -206,6 +219,13 @@ func (w *Worker) Processed() int64 { return w.processed.Load() }
 // Active is the number of tasks running now.
 func (w *Worker) Active() int64 { return w.active.Load() }
 
+// OnDelivery registers f to be called with every delivery the worker receives, before it
+// is decoded, on the worker's dispatch path (so f must not block): for example
+// dlq.Collector.ObserveDelivery, which counts replayed dead letters. Call it before Run.
+func (w *Worker) OnDelivery(f func(*broker.Delivery)) {
+	w.onDelivery = append(w.onDelivery, f)
+}
+
 // SetFleetWideRateLimits switches rate limits between per worker (false, Celery's
 // behaviour) and shared by the fleet through Redis (true); see package ratelimit.
 func (w *Worker) SetFleetWideRateLimits(on bool) {
@@ -241,7 +261,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-prefetchDone
 	}()
 	w.log.Info("worker ready", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
-		"prefetch", w.basePrefetch, "results", w.results != nil, "chords", w.chords != nil)
+		"prefetch", w.basePrefetch, "results", w.results != nil, "chords", w.chords != nil,
+		"max_redeliveries", w.cfg.MaxRedeliveries, "redelivery_counting", w.redeliveryMode())
 
 	w.dispatch(ctx, deliveries)
 
@@ -321,6 +342,9 @@ func (w *Worker) dispatch(ctx context.Context, deliveries <-chan *broker.Deliver
 // receive decodes one delivery and routes it: dead-lettered, revoked, scheduled or
 // reserved (Celery's worker/strategy.py).
 func (w *Worker) receive(ctx context.Context, d *broker.Delivery) {
+	for _, f := range w.onDelivery {
+		f(d)
+	}
 	t, err := protocol.Decode(d.Message)
 	if err != nil {
 		w.track(func() { w.rejectUndecodable(d, err) })
@@ -339,6 +363,22 @@ func (w *Worker) receive(ctx context.Context, d *broker.Delivery) {
 		w.track(func() { w.discard(j, reason) })
 		return
 	}
+	if d.Redelivered && w.countingRedeliveries() {
+		// Counting may take a round trip to Redis: off the dispatch path.
+		w.track(func() {
+			if !w.checkRedeliveries(j) {
+				w.accept(ctx, j)
+			}
+		})
+		return
+	}
+	w.accept(ctx, j)
+}
+
+// accept takes a job that may run: scheduled when it has an ETA in the future, reserved
+// otherwise.
+func (w *Worker) accept(ctx context.Context, j *job) {
+	t := j.t
 	if len(w.obs) > 0 {
 		w.obs.received(j.info(w.cfg.Hostname))
 	}
@@ -543,6 +583,7 @@ func (w *Worker) forget(j *job) {
 }
 
 func (w *Worker) requeue(d *broker.Delivery, why string) {
+	w.excuseHandBack(d)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := w.broker.Requeue(ctx, d); err != nil {
@@ -608,7 +649,8 @@ type job struct {
 	received time.Time
 	state    atomic.Int32
 	phase    atomic.Int32
-	raised   bool // counted in the prefetch raise; guarded by Worker.mu
+	raised   bool        // counted in the prefetch raise; guarded by Worker.mu
+	counted  atomic.Bool // its redelivery was counted by Config.Redeliveries
 
 	gone     chan struct{} // closed once the job was settled by someone else before it ran
 	goneOnce sync.Once

@@ -114,8 +114,12 @@ type observability struct {
 
 	w        *worker.Worker
 	draining atomic.Bool
-	flags    atomic.Pointer[func() map[string]events.FlagValue]
-	started  time.Time
+	// drainRequested is set by POST /drain; shutdown (set by Start, before any server
+	// runs) starts the warm shutdown.
+	drainRequested atomic.Bool
+	shutdown       func()
+	flags          atomic.Pointer[func() map[string]events.FlagValue]
+	started        time.Time
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -149,6 +153,7 @@ func newObservability(ctx context.Context, o *Options, hostname string, raw brok
 	x.wcoll = metrics.NewWorkerCollector(hostname, celery, x.workerState)
 	x.reg.MustRegister(x.wcoll)
 	x.health = metrics.NewHealth(max(30*time.Second, 10*x.freq()), x.ready)
+	x.health.Drain = x.requestDrain
 
 	if x.state != nil {
 		x.redisRv = control.NewRedisRevoked(x.state, "", 0, 0, log)
@@ -219,6 +224,15 @@ func (x *observability) Middleware() []tasks.Middleware {
 	return []tasks.Middleware{x.tracker.Middleware, x.tasks.Middleware}
 }
 
+// Redeliveries is the fleet-wide redelivery counter behind reason worker_lost, in the
+// state Redis; nil without one (then only quorum queues' x-delivery-count is read).
+func (x *observability) Redeliveries() worker.RedeliveryCounter {
+	if x.state == nil {
+		return nil
+	}
+	return dlq.NewRedisRedeliveries(x.state, "", 0)
+}
+
 // Revoked is the worker's revoked store (fleet-wide in Redis when a state Redis is known).
 func (x *observability) Revoked() worker.RevokedStore { return x.revoked }
 
@@ -226,6 +240,7 @@ func (x *observability) Revoked() worker.RevokedStore { return x.revoked }
 // error), the queue sampler, the revoked-set sync, remote control and events.
 func (x *observability) Start(ctx context.Context, w *worker.Worker, reg *tasks.Registry, shutdown func()) error {
 	x.w = w
+	x.shutdown = shutdown
 	o := x.o.Observe
 	if o.MetricsAddr != "" {
 		srv, err := metrics.Serve(o.MetricsAddr, metrics.Handler(x.reg, x.health), x.log)
@@ -251,7 +266,9 @@ func (x *observability) Start(ctx context.Context, w *worker.Worker, reg *tasks.
 		x.goBG(func() { x.sampler.Run(bgCtx) })
 	}
 	if src, ok := x.raw.(dlq.Source); ok {
-		x.reg.MustRegister(dlq.NewCollector(src, dlq.CollectorOptions{Queues: w.Snapshot().Queues, Logger: x.log}))
+		c := dlq.NewCollector(src, dlq.CollectorOptions{Queues: w.Snapshot().Queues, Logger: x.log})
+		x.reg.MustRegister(c)
+		w.OnDelivery(c.ObserveDelivery) // fleet_dlq_replayed_total: replayed messages received
 	}
 	if x.redisRv != nil {
 		sctx, cancelSync := context.WithTimeout(ctx, 5*time.Second)
@@ -330,6 +347,21 @@ func (x *observability) SetTracingEnabled(on bool) { x.tel.SetEnabled(on) }
 
 // Drain marks the worker as draining: /readyz fails, the heartbeat says so.
 func (x *observability) Drain() { x.draining.Store(true) }
+
+// requestDrain is POST /drain (the Helm chart's preStop hook): the warm shutdown a first
+// SIGTERM starts (readiness fails, the heartbeat says draining, fetching stops, prefetched
+// messages go back to the broker, running tasks finish, then the worker exits). The SIGTERM
+// Kubernetes sends after the hook continues that shutdown; only a second signal after it
+// stops at once.
+func (x *observability) requestDrain() {
+	if !x.drainRequested.Swap(true) {
+		x.log.Info("drain requested on /drain: warm shutdown (fetching stops, running tasks finish, then exit)")
+	}
+	x.Drain()
+	if x.shutdown != nil {
+		x.shutdown()
+	}
+}
 
 // Stop sends worker-offline (after flushing task events), removes the worker_seen key,
 // flushes the spans and stops the servers.

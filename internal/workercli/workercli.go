@@ -56,8 +56,12 @@ type Options struct {
 	Version            bool
 	DefaultQueue       string
 	MaxETATasks        int
+	MaxRedeliveries    worker.RedeliveryLimit
 	RateLimitRedis     string
 	RateLimitFleet     bool
+	FlagsFile          string         // feature flags file or mounted ConfigMap directory (flags.go)
+	FlagsRedis         string         // Redis of the feature flags hash; "" the state Redis, "off" none
+	FlagsKey           string         // the feature flags hash; its channel is FlagsKey + ":changed"
 	Observe            ObserveOptions // events, remote control, metrics, tracing (observe.go)
 }
 
@@ -109,7 +113,13 @@ func Parse(args []string, env []string, helpOut io.Writer) (*Options, error) {
 	fs.IntVar(&o.MaxETATasks, "max-eta-tasks", 1000, "ETA/countdown messages held in memory at most; more are handed back (env FLEET_MAX_ETA_TASKS)")
 	fs.StringVar(&o.RateLimitRedis, "rate-limit-redis", "", "Redis URL for fleet-wide rate limits (default: the broker or result backend when it is Redis) (env FLEET_RATE_LIMIT_REDIS)")
 	fs.BoolVar(&o.RateLimitFleet, "rate-limit-fleet", false, "share each task's rate_limit across the fleet through Redis instead of per worker (env FLEET_RATE_LIMIT_FLEET)")
+	fs.StringVar(&o.FlagsFile, "flags-file", "", "feature flags: a directory of one file per flag (a mounted ConfigMap) or a YAML file of NAME: value, re-read every second (env FLEET_FLAGS_FILE)")
+	fs.StringVar(&o.FlagsRedis, "flags-redis", "", "feature flags: Redis URL of the flags hash, applied live (default: --state-redis, else the broker or result backend when it is Redis; \"off\": none) (env FLEET_FLAGS_REDIS)")
+	fs.StringVar(&o.FlagsKey, "flags-key", "fleet:flags", "feature flags: the Redis hash; changes are announced on <key>:changed (env FLEET_FLAGS_KEY)")
 	obsEnv := o.Observe.addFlags(fs)
+	o.MaxRedeliveries = worker.DefaultMaxRedeliveries // worker_lost (docs/dlq.md)
+	fs.Var(&o.MaxRedeliveries, "max-redeliveries", "dead-letter a message with reason worker_lost instead of running it again once it was redelivered more than this many times (its workers died or lost the broker), counted fleet-wide in the state Redis; 0: no limit (env FLEET_MAX_REDELIVERIES)")
+	obsEnv["max-redeliveries"] = []string{"FLEET_MAX_REDELIVERIES"}
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 
 	// Environment first, so that flags given on the command line win.
@@ -130,6 +140,9 @@ func Parse(args []string, env []string, helpOut io.Writer) (*Options, error) {
 		"max-eta-tasks":       {"FLEET_MAX_ETA_TASKS"},
 		"rate-limit-redis":    {"FLEET_RATE_LIMIT_REDIS"},
 		"rate-limit-fleet":    {"FLEET_RATE_LIMIT_FLEET"},
+		"flags-file":          {"FLEET_FLAGS_FILE"},
+		"flags-redis":         {"FLEET_FLAGS_REDIS"},
+		"flags-key":           {"FLEET_FLAGS_KEY"},
 	}
 	for k, v := range obsEnv {
 		envNames[k] = v
@@ -196,6 +209,9 @@ func (o *Options) validate() error {
 			return fmt.Errorf("bad --rate-limit-redis URL %q: must be redis:// or rediss://", connect.Redact(o.RateLimitRedis))
 		}
 	}
+	if err := o.validateFlags(); err != nil {
+		return err
+	}
 	return o.Observe.validate()
 }
 
@@ -247,6 +263,14 @@ func NodeName(template, host string) string {
 
 // Main runs the worker command and returns its exit code. A first SIGTERM/SIGINT starts a
 // graceful shutdown; a second one aborts it (running tasks are handed back at once).
+//
+// Start-up order: the task configuration and its handlers (a mistake exits 78 before any
+// connection), the broker, the result backend, then the feature flags start (file and Redis
+// read once, then watched) before the worker consumes. Shutdown order: fetching stops,
+// prefetched messages are handed back, running tasks finish (they read the last flag
+// values); then worker-offline, the worker_seen key removed, spans flushed, the HTTP servers
+// stopped; then the feature flags stop watching their sources; then the rate limiter's
+// Redis, the result backend and the broker are closed.
 func Main(args []string, env []string, stdout, stderr io.Writer) int {
 	o, err := Parse(args, env, stdout)
 	if errors.Is(err, pflag.ErrHelp) {
@@ -271,6 +295,18 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "worker: %v\n", err)
 			return ExitConfig
 		}
+	}
+	lookupEnv := envLookup(env)
+	fl, closeFlagsRedis, err := newFlags(o, lookupEnv, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "worker: %v\n", err)
+		return ExitUsage
+	}
+	defer closeFlagsRedis()
+	reg := tasks.NewRegistry()
+	if err := registerTasks(reg, taskCfg, o.NoDiagTasks, tasks.RunnerOptions{Logger: log, Flags: fl, LookupEnv: lookupEnv}); err != nil {
+		fmt.Fprintf(stderr, "worker: %v\n", err)
+		return ExitConfig
 	}
 	host, _ := os.Hostname()
 	hostname := NodeName(o.Hostname, host)
@@ -308,10 +344,6 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 		defer rb.Close()
 	}
 
-	reg := tasks.NewRegistry()
-	if !o.NoDiagTasks {
-		tasks.RegisterDiag(reg)
-	}
 	queues := o.Queues
 	for _, q := range taskCfg.Queues() {
 		if !contains(queues, q) {
@@ -325,12 +357,26 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 	}
 	defer closeLimiter()
 	reg.Use(obs.Middleware()...)
+	if taskCfg != nil {
+		reg.Use(taskCfg.FlagGate(fl)) // requires_flag, inside the metrics and the span
+	}
 	w := worker.New(worker.Config{
 		Hostname: hostname, Queues: queues, Concurrency: o.Concurrency,
 		PrefetchMultiplier: o.PrefetchMultiplier, ShutdownTimeout: o.ShutdownTimeout,
 		Tasks: taskCfg, Logger: log, DefaultQueue: o.DefaultQueue, MaxETATasks: o.MaxETATasks,
 		RateLimiter: limiter, Revoked: obs.Revoked(), Observers: obs.Observers(),
+		MaxRedeliveries: int(o.MaxRedeliveries), Redeliveries: obs.Redeliveries(),
 	}, pub, rb, reg)
+	defer wireFlags(fl, o, hostname, obs, limiter)()
+	if err := fl.Start(context.WithoutCancel(ctx)); err != nil {
+		fmt.Fprintf(stderr, "worker: %v\n", err)
+		return ExitFailure
+	}
+	defer func() {
+		if err := fl.Close(); err != nil {
+			log.Warn("closing the feature flags", "err", err)
+		}
+	}()
 	log.Info("starting fleet worker", "version", Version, "hostname", hostname,
 		"broker", connect.Redact(o.Broker), "result_backend", connect.Redact(o.ResultBackend))
 	if err := obs.Start(ctx, w, reg, func() { obs.Drain(); stop() }); err != nil {
@@ -359,6 +405,20 @@ func Main(args []string, env []string, stdout, stderr io.Writer) int {
 		return ExitFailure
 	}
 	return ExitOK
+}
+
+// envLookup looks names up in env (KEY=VALUE pairs, the last one winning as in exec).
+func envLookup(env []string) func(string) (string, bool) {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
 }
 
 func contains(xs []string, s string) bool {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"denis.io/fleet/internal/dlq"
+	"denis.io/fleet/internal/procstat"
 	"denis.io/fleet/loadtest/observe"
 	"denis.io/fleet/loadtest/stats"
 )
@@ -98,7 +99,7 @@ func (r *runner) sample(ctx context.Context) {
 	for _, q := range r.queues() {
 		qs = append(qs, q, dlq.QueueName(q))
 	}
-	meter := &observe.CPUMeter{}
+	meter := &procstat.CPUMeter{}
 	client := &http.Client{Timeout: 2 * time.Second}
 	tick := time.NewTicker(r.cfg.SampleEvery)
 	defer tick.Stop()
@@ -159,7 +160,7 @@ func (r *runner) sample(ctx context.Context) {
 
 // sampleWorkers records each worker's CPU and memory: local workers from /proc, others
 // from their /metrics. It returns how many workers are up.
-func (r *runner) sampleWorkers(ctx context.Context, client *http.Client, meter *observe.CPUMeter, now time.Time, off time.Duration, warm bool) int {
+func (r *runner) sampleWorkers(ctx context.Context, client *http.Client, meter *procstat.CPUMeter, now time.Time, off time.Duration, warm bool) int {
 	n := 0
 	record := func(name string, cpuSeconds float64, rssBytes int64) {
 		n++
@@ -180,7 +181,7 @@ func (r *runner) sampleWorkers(ctx context.Context, client *http.Client, meter *
 	if r.fleet != nil {
 		for _, m := range r.fleet.Members() {
 			members = append(members, strconv.Itoa(m.Slot))
-			s, err := observe.ReadProc(m.PID)
+			s, err := procstat.ReadProc(m.PID)
 			if err != nil {
 				continue // it has just died
 			}

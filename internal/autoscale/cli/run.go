@@ -242,9 +242,11 @@ func (a *app) setup(ctx context.Context) error {
 			Command: o.workerCmd,
 			Args: []string{"--broker", o.broker, "--queues", strings.Join(p.queues, ","), "--hostname", "fleet@{name}",
 				"--metrics-addr="},
-			LogDir: o.workerLogDir,
-			Grace:  p.cfg.GracePeriod,
-			Log:    log,
+			LogDir:     o.workerLogDir,
+			Grace:      p.cfg.GracePeriod,
+			CPU:        o.cpu,
+			CPURequest: o.workerCPU,
+			Log:        log,
 		})
 		if err != nil {
 			return err

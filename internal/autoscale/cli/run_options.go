@@ -54,6 +54,7 @@ type runOptions struct {
 
 	workerCmd    []string
 	workerLogDir string
+	workerCPU    float64
 
 	pools []poolOptions
 }
@@ -177,7 +178,7 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	fs.DurationVar(&o.renewDeadline, "renew-deadline", 10*time.Second, "Lease renew deadline")
 	fs.DurationVar(&o.retryPeriod, "retry-period", 2*time.Second, "Lease retry period")
 	fs.BoolVar(&o.otherScalers, "check-other-scalers", false, "list HPAs and KEDA ScaledObjects and refuse to act on a Deployment one of them targets (needs the chart's readOtherScalers RBAC)")
-	fs.BoolVar(&o.cpu, "cpu", true, "read pod CPU from metrics.k8s.io")
+	fs.BoolVar(&o.cpu, "cpu", true, "read pod CPU: from metrics.k8s.io (kubernetes), from /proc of the worker processes (local)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9809", "address of /metrics, /healthz, /readyz and /status; empty: off (env FLEET_METRICS_ADDR)")
 	fs.StringVar(&o.decisionsFile, "decisions-file", "", "append every decision as a JSON line to this file")
 	fs.StringVar(&o.traceStream, "trace-stream", autoscale.DefaultTraceStream, "Redis stream of decision traces, written while DECISION_TRACE_ENABLED is true")
@@ -186,6 +187,7 @@ func parseRun(args, env []string, helpOut io.Writer) (runOptions, error) {
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or text (env FLEET_LOG_FORMAT)")
 	fs.StringVar(&workerCmd, "worker-cmd", "", "local: the worker command, split on spaces; --broker, --queues, --hostname fleet@<name> and --metrics-addr= (off: workers share the host's ports) go right after the program, so its own options win (env FLEET_WORKER_CMD)")
 	fs.StringVar(&o.workerLogDir, "worker-log-dir", "", "local: write each worker's output to <dir>/<name>.log instead of stderr")
+	fs.Float64Var(&o.workerCPU, "worker-cpu-request", 1, "local: the cores a worker process may use, the \"request\" its CPU is measured against (--cpu-target)")
 	fs.DurationVar(&grace, "grace", def.GracePeriod, "local: drain time after SIGTERM before SIGKILL; kubernetes: the pods' grace period when the Deployment does not set one")
 
 	envNames := map[string][]string{
