@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # The fleet image: every binary (worker, autoscaler, fleetctl, loadtest) statically linked, on
 # distroless "static" as the nonroot user (65532). Build: `make image` (IMAGE=… VERSION=…).
+# No shell or curl: the chart's preStop (`fleetctl drain`) and helm test (`fleetctl ping`) exec
+# fleetctl from /usr/local/bin.
 
 ARG GO_VERSION=1.26
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
@@ -17,7 +19,7 @@ ARG TARGETOS=linux
 ARG TARGETARCH=amd64
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH go build \
-      -ldflags "-s -w -X denis.io/fleet/internal/workercli.Version=${VERSION}" \
+      -ldflags "-s -w -X denis.io/fleet/internal/workercli.Version=${VERSION} -X denis.io/fleet/internal/fleetctl.Version=${VERSION} -X denis.io/fleet/internal/autoscale/cli.Version=${VERSION}" \
       -o /out/ ./cmd/...
 
 FROM gcr.io/distroless/static-debian12:nonroot

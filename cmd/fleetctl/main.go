@@ -1,6 +1,7 @@
 // Command fleetctl is the fleet's operator tool: dead-letter queues on either broker
-// (list, show, replay, purge, export, import, RabbitMQ setup, retention, metrics).
-// See `fleetctl --help`.
+// (list, show, replay, purge, export, import, RabbitMQ setup, retention, metrics), feature
+// flags and rollbacks, autoscaler decisions, `ping` (a diag task round trip), the
+// Kubernetes emergency stop and resume, and the worker's `drain`. See `fleetctl --help`.
 package main
 
 import (

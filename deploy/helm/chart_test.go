@@ -436,9 +436,13 @@ func TestTemplateStrict(t *testing.T) {
 				switch d.Labels["app.kubernetes.io/component"] {
 				case "worker":
 					workers = append(workers, d)
-					checkWorker(t, d, mode)
+					checkWorker(t, d, mode, flagsRedisOn(v))
 				case "autoscaler":
 					checkAutoscaler(t, d)
+					flagsRedis := flagsRedisOn(v)
+					if e, ok := envValue(&d.Spec.Template.Spec.Containers[0], "FLEET_FLAGS_REDIS"); ok != flagsRedis || (ok && e.ValueFrom == nil) {
+						t.Errorf("autoscaler FLEET_FLAGS_REDIS = %+v (set: %v), want it from the Secret only with flags.redis.enabled", e, ok)
+					}
 				default:
 					t.Errorf("Deployment %s has no component label", d.Name)
 				}
@@ -473,7 +477,13 @@ func TestTemplateStrict(t *testing.T) {
 					t.Fatalf("Roles = %d, want 1", len(roles))
 				}
 				want := wantAutoscalerRole
-				if ro, _ := v.values["autoscaler"].(map[string]any); ro != nil {
+				ro, _ := v.values["autoscaler"].(map[string]any)
+				for _, d := range ofKind[*appsv1.Deployment](objs) {
+					if d.Name == fullname+"-autoscaler" && ro == nil && slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--check-other-scalers") {
+						t.Errorf("--check-other-scalers without readOtherScalers (the Role cannot list HPAs): %v", d.Spec.Template.Spec.Containers[0].Args)
+					}
+				}
+				if ro != nil {
 					for _, d := range ofKind[*appsv1.Deployment](objs) {
 						if d.Name == fullname+"-autoscaler" && !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--check-other-scalers") {
 							t.Errorf("readOtherScalers without --check-other-scalers: %v", d.Spec.Template.Spec.Containers[0].Args)
@@ -513,7 +523,15 @@ func TestTemplateStrict(t *testing.T) {
 	}
 }
 
-func checkWorker(t *testing.T, d *appsv1.Deployment, mode string) {
+// flagsRedisOn reports whether v turns the Redis flags store on.
+func flagsRedisOn(v variant) bool {
+	f, _ := v.values["flags"].(map[string]any)
+	r, _ := f["redis"].(map[string]any)
+	on, _ := r["enabled"].(bool)
+	return on
+}
+
+func checkWorker(t *testing.T, d *appsv1.Deployment, mode string, flagsRedis bool) {
 	t.Helper()
 	spec := &d.Spec.Template.Spec
 	checkPodSecurity(t, "worker "+d.Name, spec, false)
@@ -532,8 +550,10 @@ func checkWorker(t *testing.T, d *appsv1.Deployment, mode string) {
 	if c.Ports[0].ContainerPort != 9808 {
 		t.Errorf("%s: metrics port %d, want 9808", d.Name, c.Ports[0].ContainerPort)
 	}
-	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.HTTPGet == nil || c.Lifecycle.PreStop.HTTPGet.Path != "/drain" {
-		t.Errorf("%s: preStop does not start the drain: %+v", d.Name, c.Lifecycle)
+	// The image is distroless: the preStop execs fleetctl, which POSTs /drain.
+	wantPreStop := []string{"/usr/local/bin/fleetctl", "drain", "--addr=127.0.0.1:9808", "--timeout=5s"}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Exec == nil || !slices.Equal(c.Lifecycle.PreStop.Exec.Command, wantPreStop) {
+		t.Errorf("%s: preStop does not start the drain with %v: %+v", d.Name, wantPreStop, c.Lifecycle)
 	}
 	// Grace: preStop 5 + longest time limit + shutdown timeout 25 + 5.
 	limit := int64(300)
@@ -551,6 +571,14 @@ func checkWorker(t *testing.T, d *appsv1.Deployment, mode string) {
 	}
 	if e, _ := envValue(c, "FLEET_FLAGS_FILE"); e.Value != "/etc/fleet/flags" {
 		t.Errorf("%s: FLEET_FLAGS_FILE = %q", d.Name, e.Value)
+	}
+	// The Redis flags store: from the Secret when on, explicitly off otherwise (the worker
+	// would read a Redis broker's or result backend's hash by default).
+	switch e, _ := envValue(c, "FLEET_FLAGS_REDIS"); {
+	case flagsRedis && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Key != "result-backend-url"):
+		t.Errorf("%s: flags.redis.enabled, FLEET_FLAGS_REDIS = %+v, want the result-backend URL from the Secret", d.Name, e)
+	case !flagsRedis && e.Value != "off":
+		t.Errorf("%s: flags.redis off, FLEET_FLAGS_REDIS = %+v, want off", d.Name, e)
 	}
 	mounted := false
 	for _, m := range c.VolumeMounts {

@@ -1,10 +1,15 @@
 package helm
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"denis.io/fleet/internal/fleetctl"
 	"denis.io/fleet/internal/testutil/kube"
 )
 
@@ -180,6 +186,7 @@ func checkRunbook(ctx context.Context, t *testing.T, env *kube.Env, workerSel st
 	if cm.Data["ASYNC_ENABLED"] != "false" {
 		t.Errorf("after helm rollback ASYNC_ENABLED = %q, want false", cm.Data["ASYNC_ENABLED"])
 	}
+	checkFleetctlStop(ctx, t, env, workerSel)
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Skipf("kubectl not installed: %v", err)
@@ -220,6 +227,72 @@ func checkRunbook(ctx context.Context, t *testing.T, env *kube.Env, workerSel st
 		if _, ok := d.Annotations["fleet.denis.io/paused"]; ok {
 			t.Errorf("%s: still paused after resume", d.Name)
 		}
+	}
+}
+
+// checkFleetctlStop runs the runbook's `fleetctl emergency-stop --all` and `fleetctl resume
+// --all --restore` on the chart's Deployments, with $PAGERDUTY_WEBHOOK at a local server.
+func checkFleetctlStop(ctx context.Context, t *testing.T, env *kube.Env, workerSel string) {
+	t.Helper()
+	ns := env.Namespace
+	var mu sync.Mutex
+	var events []map[string]any
+	pd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer pd.Close()
+	before := map[string]int32{}
+	deps, err := env.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range deps.Items {
+		before[d.Name] = *d.Spec.Replicas
+	}
+	fctl := func(args ...string) {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := fleetctl.Main(ctx, append(args, "-n", ns), fleetctl.IO{Out: &out, Err: &errb,
+			Env: []string{"KUBECONFIG=" + env.Kubeconfig, "PAGERDUTY_WEBHOOK=" + pd.URL, "USER=runbook"}})
+		if code != 0 {
+			t.Fatalf("fleetctl %v: exit %d\nstdout: %s\nstderr: %s", args, code, out.String(), errb.String())
+		}
+	}
+	fctl("emergency-stop", "--all", "--release", release, "--reason", "runbook test", "--wait", "1m")
+	deps, err = env.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range deps.Items {
+		if *d.Spec.Replicas != 0 || d.Annotations["fleet.denis.io/paused"] != "true" || d.Annotations["fleet.denis.io/paused-reason"] != "runbook test" {
+			t.Errorf("%s after fleetctl emergency-stop: replicas %d, annotations %v", d.Name, *d.Spec.Replicas, d.Annotations)
+		}
+	}
+	if pods, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel}); err != nil || len(pods.Items) != 0 {
+		t.Errorf("worker pods left after the stop: %v, %d", err, len(pods.Items))
+	}
+	fctl("resume", "--all", "--release", release, "--restore")
+	deps, err = env.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{LabelSelector: workerSel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range deps.Items {
+		if _, ok := d.Annotations["fleet.denis.io/paused"]; ok || *d.Spec.Replicas != before[d.Name] {
+			t.Errorf("%s after fleetctl resume --restore: replicas %d (before the stop %d), annotations %v", d.Name, *d.Spec.Replicas, before[d.Name], d.Annotations)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != 2 || events[0]["event_action"] != "trigger" || events[1]["event_action"] != "resolve" || events[0]["dedup_key"] != events[1]["dedup_key"] {
+		t.Errorf("PagerDuty events = %v, want a trigger and its resolve", events)
 	}
 }
 

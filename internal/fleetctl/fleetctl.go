@@ -1,9 +1,11 @@
 // Package fleetctl is the `fleetctl` command, the operator's tool for a fleet on either
-// broker. Today it has one command group, `fleetctl dlq`: list, show, replay, purge,
-// export and import dead letters, set up RabbitMQ's own dead-lettering into the same
-// queues, trim them to a retention, and serve their Prometheus metrics. Output is a table
-// or (--output json) a JSON array; progress is shown on a terminal only; errors are one
-// line on stderr with a non-zero exit status.
+// broker: `fleetctl dlq` (list, show, replay, purge, export and import dead letters, set up
+// RabbitMQ's own dead-lettering into the same queues, trim them to a retention, serve their
+// Prometheus metrics), `flags` and `rollback` (feature flags in Redis), `decisions` (the
+// autoscaler's traces), `ping` (a diag task round trip, the chart's helm test),
+// `emergency-stop` / `resume` (pause worker Deployments on Kubernetes and page) and `drain`
+// (the worker's preStop). Output is a table or (--output json) a JSON array; progress is
+// shown on a terminal only; errors are one line on stderr with a non-zero exit status.
 package fleetctl
 
 import (
@@ -121,12 +123,16 @@ const mainUsage = `Usage: fleetctl [global options] COMMAND ...
 The fleet's operator tool, for RabbitMQ and Redis brokers alike.
 
 Commands:
-  dlq        dead-letter queues: ls, show, replay, purge, export, import, setup, trim, metrics
-  flags      feature flags in Redis: ls, get, set, unset (--workers: per worker)
-  rollback   rollback materializers: DENIS_MATERIALIZERS_ENABLED=false, confirmed by every worker
-  decisions  the autoscaler's decision traces: tail [-n N] [--follow] [--pool P]
+  dlq             dead-letter queues: ls, show, replay, purge, export, import, setup, trim, metrics
+  flags           feature flags in Redis: ls, get, set, unset (--workers: per worker)
+  rollback        rollback materializers: DENIS_MATERIALIZERS_ENABLED=false, confirmed by every worker
+  decisions       the autoscaler's decision traces: tail [-n N] [--follow] [--pool P]
+  ping            send a diag task to a queue and wait for a worker's result (the helm test)
+  emergency-stop  POOL...|--all: annotate paused, scale to 0, POST to $PAGERDUTY_WEBHOOK
+  resume          POOL...|--all: end an emergency stop (--restore scales back)
+  drain           tell a local worker to start draining (the chart's preStop hook)
 
-Run 'fleetctl dlq --help' for the dlq commands, 'fleetctl dlq COMMAND --help' for one.
+Run 'fleetctl COMMAND --help' for a command ('fleetctl dlq COMMAND --help' for one of dlq).
 
 Global options (also accepted after the command):
 `
@@ -194,6 +200,14 @@ func run(ctx context.Context, args []string, std IO) error {
 		return runRollback(ctx, g, fs.Args()[1:], std)
 	case "decisions":
 		return runDecisions(ctx, g, fs.Args()[1:], std)
+	case "ping":
+		return runPing(ctx, g, fs.Args()[1:], std)
+	case "emergency-stop":
+		return runEmergencyStop(ctx, g, fs.Args()[1:], std)
+	case "resume":
+		return runResume(ctx, g, fs.Args()[1:], std)
+	case "drain":
+		return runDrain(ctx, g, fs.Args()[1:], std)
 	case "version":
 		fmt.Fprintf(std.Out, "fleetctl %s\n", Version)
 		return nil

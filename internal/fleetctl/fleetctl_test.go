@@ -108,8 +108,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "creating a RabbitMQ vhost:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	dir, err := os.MkdirTemp("", "fleetctl-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testBinDir = dir
+	code := kubeHarness.Main(m) // starts a Kubernetes control plane only if a test asks for one
 	_ = vhost(http.MethodDelete, testVhost)
+	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
 
