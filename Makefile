@@ -73,7 +73,7 @@ golden: services
 	/usr/bin/python3 internal/protocol/testdata/capture_golden.py
 
 bench-compare: build services
-	$(GO) run ./bench/compare
+	$(GO) run ./bench/compare $(BENCH_ARGS)
 
 # Drive a step profile at 2x the expected rate through 3 local workers; prints the verdict
 # and writes $(LOADTEST_OUT)/report.html.

@@ -10,6 +10,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestQuickCompare runs `bench-compare --quick` end to end against the real RabbitMQ, Redis
@@ -95,5 +101,57 @@ func TestKombuEnvelope(t *testing.T) {
 	}
 	if parsed.Headers["id"] != parsed.Properties["correlation_id"] {
 		t.Errorf("id %v != correlation_id %v", parsed.Headers["id"], parsed.Properties["correlation_id"])
+	}
+}
+
+func TestParseVariant(t *testing.T) {
+	tests := []struct {
+		spec    string
+		want    variant
+		wantErr bool
+	}{
+		{"lean=--without-events --metrics-addr=", variant{Name: "lean", Args: []string{"--without-events", "--metrics-addr="}}, false},
+		{"gc=GOGC=50 GOMEMLIMIT=24MiB -c 4", variant{Name: "gc", Env: []string{"GOGC=50", "GOMEMLIMIT=24MiB"}, Args: []string{"-c", "4"}}, false},
+		{"otel=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318", variant{Name: "otel", Env: []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318"}}, false},
+		{"flags=--log-level=INFO=x", variant{Name: "flags", Args: []string{"--log-level=INFO=x"}}, false},
+		{"=--x", variant{}, true},
+		{"noequals", variant{}, true},
+	}
+	for _, tt := range tests {
+		got, err := parseVariant(tt.spec)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("%q: err %v", tt.spec, err)
+			continue
+		}
+		if tt.wantErr {
+			continue
+		}
+		if got.Name != tt.want.Name || strings.Join(got.Env, " ") != strings.Join(tt.want.Env, " ") ||
+			strings.Join(got.Args, " ") != strings.Join(tt.want.Args, " ") {
+			t.Errorf("%q: got %+v, want %+v", tt.spec, got, tt.want)
+		}
+	}
+}
+
+func TestCountSpans(t *testing.T) {
+	req := &collectortrace.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{
+		{ScopeSpans: []*tracepb.ScopeSpans{{Spans: make([]*tracepb.Span, 3)}, {Spans: make([]*tracepb.Span, 2)}}},
+		{Resource: &resourcepb.Resource{}, ScopeSpans: []*tracepb.ScopeSpans{{Scope: &commonpb.InstrumentationScope{Name: "x"},
+			Spans: []*tracepb.Span{{Name: "a", TraceId: make([]byte, 16)}}}}},
+	}}
+	for _, ss := range req.ResourceSpans[0].ScopeSpans {
+		for i := range ss.Spans {
+			ss.Spans[i] = &tracepb.Span{Name: "s", Attributes: []*commonpb.KeyValue{{Key: "k"}}}
+		}
+	}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := countSpans(b); err != nil || n != 6 {
+		t.Fatalf("countSpans = %d, %v; want 6", n, err)
+	}
+	if _, err := countSpans([]byte{0x0a, 0xff}); err == nil {
+		t.Error("a truncated request was accepted")
 	}
 }

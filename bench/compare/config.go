@@ -6,7 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -22,6 +24,8 @@ type config struct {
 	MinDrain   time.Duration
 	Quick      bool
 	JSONPath   string
+	// Overhead adds the obs-off and obs-on worker contenders (addOverhead).
+	Overhead bool
 
 	AMQPURL             string
 	RedisAddr           string
@@ -36,18 +40,62 @@ type config struct {
 	Log *slog.Logger // progress; default warnings and up on stderr
 }
 
-// variant is an extra worker contender: the plain worker's flags plus Args.
+// variant is an extra worker contender: the plain worker's flags plus Args, with Env
+// (NAME=value) added to its environment.
 type variant struct {
 	Name string
 	Args []string
+	Env  []string
 }
+
+// parseVariant reads NAME='[ENV=value ...] --flag ...': leading words of the form
+// UPPER_CASE=value are environment variables, the rest worker flags.
+func parseVariant(spec string) (variant, error) {
+	name, rest, ok := strings.Cut(spec, "=")
+	if !ok || name == "" {
+		return variant{}, fmt.Errorf("--variant %q: want NAME='[ENV=value ...] --flag ...'", spec)
+	}
+	v := variant{Name: name}
+	words := strings.Fields(rest)
+	for len(words) > 0 && envWord.MatchString(words[0]) {
+		v.Env = append(v.Env, words[0])
+		words = words[1:]
+	}
+	v.Args = words
+	return v, nil
+}
+
+var envWord = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*=`)
 
 // Contender names.
 const (
 	cWorker  = "worker"
 	cCelery  = "celery"
 	cCeiling = "ceiling"
+	cObsOff  = "obs-off" // the worker with events, heartbeat, control, tracing and metrics off
+	cObsOn   = "obs-on"  // the worker with all of them on, spans exported to the driver's sink
 )
+
+// goalOverhead is issue 4's: throughput with events, metrics and tracing on ≥ 0.95 × off.
+const goalOverhead = 0.95
+
+// obsEndpointPlaceholder is replaced by the span sink's address when the run starts.
+const obsEndpointPlaceholder = "OTEL_EXPORTER_OTLP_ENDPOINT=sink"
+
+// addOverhead adds the overhead pair as worker variants (and as contenders, unless the
+// contenders were chosen explicitly).
+func (c *config) addOverhead(contendersChosen bool) {
+	c.Variants = append(c.Variants,
+		variant{Name: cObsOff, Args: []string{"--without-events", "--without-heartbeat", "--without-control",
+			"--without-tracing", "--metrics-addr="}},
+		variant{Name: cObsOn, Env: []string{obsEndpointPlaceholder}})
+	if !contendersChosen {
+		c.Contenders = append(c.Contenders, cObsOff, cObsOn)
+	}
+}
+
+// usesOverhead reports whether an obs-on run needs the span sink.
+func (c *config) usesOverhead() bool { return slices.Contains(c.Contenders, cObsOn) }
 
 // workerDefaultConcurrency is the worker's -c default; the bench keeps it and sets only
 // --prefetch-multiplier so that concurrency × multiplier equals the ceiling's prefetch.
@@ -64,6 +112,7 @@ func defaultConfig() config {
 		Brokers:    []string{"amqp", "redis"},
 		Results:    []string{"off", "on"},
 		Contenders: []string{cWorker, cCelery, cCeiling},
+		Overhead:   true,
 		Prefetch:   1000,
 		MinDrain:   5 * time.Second,
 		AMQPURL:    "amqp://guest:guest@127.0.0.1:5672//",

@@ -51,12 +51,12 @@ type binaries struct {
 // contenders returns the contender definitions in cfg's order.
 func contenders(cfg *config, bin binaries) ([]contender, error) {
 	all := map[string]contender{
-		cWorker:  workerContender(cWorker, nil, cfg, bin),
+		cWorker:  workerContender(variant{Name: cWorker}, cfg, bin),
 		cCelery:  celeryContender(cfg, bin),
 		cCeiling: ceilingContender(cfg, bin),
 	}
 	for _, v := range cfg.Variants {
-		all[v.Name] = workerContender(v.Name, v.Args, cfg, bin)
+		all[v.Name] = workerContender(v, cfg, bin)
 	}
 	out := make([]contender, 0, len(cfg.Contenders))
 	for _, n := range cfg.Contenders {
@@ -87,9 +87,13 @@ func cleanEnv(extra ...string) []string {
 // so that 8 × it equals the prefetch. Two flags only keep it from colliding with other
 // workers on this machine: a unique node name (-n) and an ephemeral metrics port (the
 // metrics server still runs).
-func workerContender(name string, extra []string, cfg *config, bin binaries) contender {
+func workerContender(v variant, cfg *config, bin binaries) contender {
+	name, extra := v.Name, v.Args
 	mult := strconv.Itoa(cfg.Prefetch / workerDefaultConcurrency)
 	desc := "worker -b BROKER [--result-backend REDIS/10] -Q QUEUE -n NODE --metrics-addr 127.0.0.1:0 --prefetch-multiplier " + mult
+	if len(v.Env) > 0 {
+		desc = strings.Join(v.Env, " ") + " " + desc
+	}
 	if len(extra) > 0 {
 		desc += " " + strings.Join(extra, " ")
 	}
@@ -100,10 +104,13 @@ func workerContender(name string, extra []string, cfg *config, bin binaries) con
 		Describe: desc,
 		Command: func(e runEnv) ([]string, []string, string) {
 			exe := bin.Worker
-			env := cleanEnv()
+			env := cleanEnv(v.Env...)
 			if e.ProfileDir != "" && bin.ProfWorker != "" {
 				exe = bin.ProfWorker
 				env = append(env, "FLEET_BENCH_PROFILE_DIR="+e.ProfileDir)
+				if r := os.Getenv("FLEET_BENCH_MEMPROFILE_RATE"); r != "" {
+					env = append(env, "FLEET_BENCH_MEMPROFILE_RATE="+r)
+				}
 			}
 			argv := []string{exe, "-b", e.BrokerURL}
 			if e.ResultURL != "" {

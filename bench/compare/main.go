@@ -40,7 +40,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -79,10 +78,13 @@ func parseFlags(args []string) (config, error) {
 	fs.StringSliceVar(&cfg.Brokers, "brokers", cfg.Brokers, "brokers: amqp, redis")
 	fs.StringSliceVar(&cfg.Results, "results", cfg.Results, "result modes: off, on (Redis backend, DB 10)")
 	fs.StringSliceVar(&cfg.Contenders, "contenders", cfg.Contenders, "contenders to run: worker, celery, ceiling and any --variant names")
-	variants := fs.StringArray("variant", nil, "extra worker contender NAME='--flag ...': the worker's flags plus these, reported as NAME/worker; repeatable\n"+
+	variants := fs.StringArray("variant", nil, "extra worker contender NAME='[ENV=value ...] --flag ...': the worker's flags plus these, and the\n"+
+		"environment variables given first, reported as NAME/worker; repeatable\n"+
 		"(e.g. --variant lean='--without-events --without-heartbeat --without-tracing --without-control --metrics-addr=')")
 	fs.IntVar(&cfg.Prefetch, "prefetch", cfg.Prefetch, "unacked deliveries per consumer (ceiling --prefetch; worker and celery get the multiplier that matches)")
 	fs.DurationVar(&cfg.MinDrain, "min-drain", cfg.MinDrain, "a drain shorter than this grows N for that cell's later rounds (and is flagged)")
+	fs.BoolVar(&cfg.Overhead, "overhead", cfg.Overhead, "also run the worker with events, heartbeat, remote control, metrics and tracing all off (obs-off)\n"+
+		"and all on with spans exported over OTLP/HTTP to a receiver in the driver (obs-on), and print obs-on/obs-off")
 	quick := fs.Bool("quick", false, "fast smoke run: 1 round, small N (no speed meaning)")
 	fs.StringVar(&cfg.JSONPath, "json", "", "also write the report as JSON to this file")
 	fs.StringVar(&cfg.AMQPURL, "amqp-url", cfg.AMQPURL, "RabbitMQ URL")
@@ -101,14 +103,17 @@ func parseFlags(args []string) (config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for _, v := range *variants {
-		name, flags, ok := strings.Cut(v, "=")
-		if !ok || name == "" {
-			return cfg, fmt.Errorf("--variant %q: want NAME='--flag ...'", v)
+	if cfg.Overhead {
+		cfg.addOverhead(fs.Changed("contenders"))
+	}
+	for _, spec := range *variants {
+		v, err := parseVariant(spec)
+		if err != nil {
+			return cfg, err
 		}
-		cfg.Variants = append(cfg.Variants, variant{Name: name, Args: strings.Fields(flags)})
+		cfg.Variants = append(cfg.Variants, v)
 		if !fs.Changed("contenders") {
-			cfg.Contenders = append(cfg.Contenders, name)
+			cfg.Contenders = append(cfg.Contenders, v.Name)
 		}
 	}
 	if *quick {
@@ -143,6 +148,7 @@ func (c *config) applyQuick(changed func(string) bool) {
 // quickConfig is the configuration of a plain `--quick`.
 func quickConfig() config {
 	c := defaultConfig()
+	c.addOverhead(false)
 	c.applyQuick(func(string) bool { return false })
 	return c
 }

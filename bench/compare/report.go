@@ -54,6 +54,7 @@ type runResult struct {
 	Consumed          int                `json:"consumed"` // verified consumed and settled (= N on success)
 	Criterion         string             `json:"criterion,omitempty"`
 	RedisCallsPerTask map[string]float64 `json:"redis_calls_per_task,omitempty"`
+	SpansExported     int64              `json:"spans_exported,omitempty"` // obs-on: spans the sink received
 	Error             string             `json:"error,omitempty"`
 }
 
@@ -83,6 +84,9 @@ type ratioRow struct {
 	WorkerRSSMiB  float64            `json:"worker_peak_rss_mib"`
 	Variants      map[string]float64 `json:"variant_per_worker,omitempty"`
 	GoalMet       *bool              `json:"goal_met,omitempty"`
+	// ObsOnOff is obs-on / obs-off (issue 4's overhead), 0 when not measured.
+	ObsOnOff        float64 `json:"obs_on_per_off,omitempty"`
+	OverheadGoalMet *bool   `json:"overhead_goal_met,omitempty"`
 }
 
 type report struct {
@@ -99,14 +103,15 @@ type report struct {
 
 func newReport(cfg *config, cs []contender, meta reportMeta) *report {
 	r := &report{Meta: meta, cfg: cfg,
-		Goal: fmt.Sprintf("worker ≥ %.0f%% of the ceiling (same ack discipline), results off and on, peak RSS ≤ %.0f MiB",
-			goalOfCeiling*100, goalRSSMiB),
+		Goal: fmt.Sprintf("worker ≥ %.0f%% of the ceiling (same ack discipline), results off and on, peak RSS ≤ %.0f MiB; "+
+			"overhead: obs-on ≥ %.2f × obs-off", goalOfCeiling*100, goalRSSMiB, goalOverhead),
 		Method: []string{
 			"each run: a fresh queue pre-filled with N diag.echo(i) messages shaped exactly like Python's send_task, then one contender process started on it",
 			"drain time: first message consumed → queue empty AND every delivery acked (Redis: LLEN of the priority sub-lists + HLEN unacked every 2 ms; RabbitMQ: messages_ready + messages_unacknowledged read inside the node every 2 ms); tasks/s = N / drain time",
 			"checked after the contender exits: queue empty (nothing came back unacked), no lease left, with results exactly N result keys; the ceiling's own ack count = N",
 			"peak RSS: VmHWM from /proc/<pid>/status, summed over the process and its children (Python prefork: main + pool), sampled every 100 ms",
 			"rounds interleave the contenders (order rotated each round); medians over rounds",
+			"obs-off / obs-on (--overhead): the worker with events, heartbeat, remote control, metrics server and tracing all off, and all on with every span exported over OTLP/HTTP to a receiver inside the driver",
 		},
 	}
 	for _, c := range cs {
@@ -203,6 +208,11 @@ func (r *report) summarize() {
 				met := row.WorkerCeiling >= goalOfCeiling && row.WorkerRSSMiB <= goalRSSMiB
 				row.GoalMet = &met
 			}
+			if x := ratio(byKey[cellKey(broker, results, cObsOn)], byKey[cellKey(broker, results, cObsOff)]); x > 0 {
+				row.ObsOnOff = x
+				met := x >= goalOverhead
+				row.OverheadGoalMet = &met
+			}
 			r.Ratios = append(r.Ratios, row)
 		}
 	}
@@ -255,11 +265,17 @@ func (r *report) print(out io.Writer) {
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	var vnames []string
 	for _, v := range r.cfg.Variants {
-		vnames = append(vnames, v.Name)
+		if slices.Contains(r.cfg.Contenders, v.Name) {
+			vnames = append(vnames, v.Name)
+		}
 	}
+	obs := slices.Contains(r.cfg.Contenders, cObsOn) && slices.Contains(r.cfg.Contenders, cObsOff)
 	hdr := "broker\tresults\tworker/celery\tworker/ceiling\tworker RSS MiB\tgoal\t"
 	for _, v := range vnames {
 		hdr += v + "/worker\t"
+	}
+	if obs {
+		hdr += "obs-on/obs-off\toverhead goal\t"
 	}
 	fmt.Fprintln(tw, hdr)
 	for _, x := range r.Ratios {
@@ -274,6 +290,20 @@ func (r *report) print(out io.Writer) {
 			fmt.Sprintf("%.1f", x.WorkerRSSMiB), goal)
 		for _, v := range vnames {
 			line += pct(x.Variants[v]) + "\t"
+		}
+		ogoal := "-"
+		if x.OverheadGoalMet != nil {
+			ogoal = "MISSED"
+			if *x.OverheadGoalMet {
+				ogoal = "met"
+			}
+		}
+		ratio := "-"
+		if x.ObsOnOff > 0 {
+			ratio = fmt.Sprintf("%.2f", x.ObsOnOff)
+		}
+		if obs {
+			line += ratio + "\t" + ogoal + "\t"
 		}
 		fmt.Fprintln(tw, line)
 	}

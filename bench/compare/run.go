@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -61,6 +62,21 @@ func run(ctx context.Context, cfg config) (*report, error) {
 	if err := b.setup(ctx); err != nil {
 		return nil, err
 	}
+	var sink *spanSink
+	if cfg.usesOverhead() {
+		var err error
+		if sink, err = startSpanSink(); err != nil {
+			return nil, err
+		}
+		defer sink.close()
+		for i, v := range cfg.Variants {
+			for k, e := range v.Env {
+				if e == obsEndpointPlaceholder {
+					cfg.Variants[i].Env = append(slices.Clone(v.Env[:k]), append([]string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + sink.endpoint()}, v.Env[k+1:]...)...)
+				}
+			}
+		}
+	}
 	cs, err := contenders(&cfg, b.bin)
 	if err != nil {
 		return nil, err
@@ -81,7 +97,17 @@ func run(ctx context.Context, cfg config) (*report, error) {
 							n = cfg.NPy
 						}
 					}
+					var spansBefore int64
+					if sink != nil {
+						spansBefore = sink.spans.Load()
+					}
 					r := b.runOne(ctx, c, broker, results, n, round)
+					if sink != nil && c.Name == cObsOn {
+						r.SpansExported = sink.spans.Load() - spansBefore
+						if r.Error == "" && r.SpansExported < int64(r.N) {
+							cfg.Log.Warn("obs-on exported fewer spans than it ran tasks", "spans", r.SpansExported, "n", r.N)
+						}
+					}
 					rep.add(r)
 					if r.Error != "" {
 						cfg.Log.Error("run failed", "round", round, "broker", broker, "results", results,

@@ -1,7 +1,9 @@
 // Command profworker is bin/worker with profiling wrapped around it, for
 // `go run ./bench/compare --profile DIR`: it runs the unchanged workercli.Main and writes,
-// into $FLEET_BENCH_PROFILE_DIR, cpu.pprof (the whole run) and allocs.pprof (at exit).
-// Read them with `go tool pprof -top cpu.pprof` (the binary's symbols are in the profile).
+// into $FLEET_BENCH_PROFILE_DIR, cpu.pprof (the whole run), allocs.pprof (at exit) and
+// heap.pprof (taken when the live heap was largest, with peak.txt: heap, stacks and
+// goroutines at that moment). Read them with `go tool pprof -top cpu.pprof` (the
+// binary's symbols are in the profile).
 package main
 
 import (
@@ -9,7 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
 
 	"denis.io/fleet/internal/workercli"
 )
@@ -19,6 +25,11 @@ func main() {
 }
 
 func run() int {
+	if r := os.Getenv("FLEET_BENCH_MEMPROFILE_RATE"); r != "" {
+		if n, err := strconv.Atoi(r); err == nil && n > 0 {
+			runtime.MemProfileRate = n // finer heap profiles, at some cost
+		}
+	}
 	dir := os.Getenv("FLEET_BENCH_PROFILE_DIR")
 	if dir == "" {
 		dir = "."
@@ -35,11 +46,13 @@ func run() int {
 	}
 	var env []string
 	for _, kv := range os.Environ() {
-		if len(kv) < 24 || kv[:24] != "FLEET_BENCH_PROFILE_DIR=" {
+		if !strings.HasPrefix(kv, "FLEET_BENCH_") {
 			env = append(env, kv)
 		}
 	}
+	stopPeak := watchPeak(dir)
 	code := workercli.Main(os.Args[1:], env, os.Stdout, os.Stderr)
+	stopPeak()
 	pprof.StopCPUProfile()
 
 	runtime.GC()
@@ -50,4 +63,48 @@ func run() int {
 		_ = f.Close()
 	}
 	return code
+}
+
+// watchPeak samples the live heap every 100 ms and writes heap.pprof and peak.txt each
+// time it is 10 % above the largest seen so far. The returned function stops it.
+func watchPeak(dir string) (stop func()) {
+	samples := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/stacks:bytes"},
+		{Name: "/memory/classes/total:bytes"},
+		{Name: "/sched/goroutines:goroutines"},
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		var peak uint64
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			metrics.Read(samples)
+			heap := samples[0].Value.Uint64()
+			if heap < peak+peak/10 {
+				continue
+			}
+			peak = heap
+			if f, err := os.Create(filepath.Join(dir, "heap.pprof")); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				_ = f.Close()
+			}
+			_ = os.WriteFile(filepath.Join(dir, "peak.txt"), fmt.Appendf(nil,
+				"heap objects %.1f MiB, stacks %.1f MiB, runtime total %.1f MiB, goroutines %d\n",
+				float64(heap)/(1<<20), float64(samples[1].Value.Uint64())/(1<<20),
+				float64(samples[2].Value.Uint64())/(1<<20), samples[3].Value.Uint64()), 0o644)
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
 }

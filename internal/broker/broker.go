@@ -75,3 +75,54 @@ type Broker interface {
 	// restored, kombu's restore_at_shutdown).
 	Close() error
 }
+
+// QueueSpec is a task queue as Celery's add_consumer declares it: the queue, the
+// exchange it is bound to (ExchangeType, default direct) and the binding's routing key.
+// Exchange "" means the default exchange: nothing is declared or bound besides the queue.
+type QueueSpec struct {
+	Name         string
+	Exchange     string
+	ExchangeType string
+	RoutingKey   string
+}
+
+// TaskQueue is q as Celery declares a task queue by default: a direct exchange of the same
+// name, bound with the queue name as routing key.
+func TaskQueue(q string) QueueSpec {
+	return QueueSpec{Name: q, Exchange: q, ExchangeType: "direct", RoutingKey: q}
+}
+
+// ConsumerController is implemented by transports whose running Consume can start and
+// stop consuming single queues (Celery's add_consumer and cancel_consumer).
+type ConsumerController interface {
+	// AddQueue declares q and starts delivering its messages on the channel of the
+	// running Consume, under the same prefetch. Adding a consumed queue does nothing.
+	AddQueue(ctx context.Context, q QueueSpec) error
+	// CancelQueue stops consuming queue. When it returns, no delivery of queue will be
+	// handed out any more: those fetched but not yet handed to the caller were given back
+	// to the broker. Deliveries already handed out stay the caller's to settle.
+	// Cancelling a queue that is not consumed does nothing.
+	CancelQueue(ctx context.Context, queue string) error
+}
+
+// Unwrapper is implemented by broker decorators (tracing, …): Unwrap returns the broker
+// they wrap, so that optional interfaces of the transport can still be found.
+type Unwrapper interface {
+	Unwrap() Broker
+}
+
+// As finds the first broker in b's Unwrap chain that implements T.
+func As[T any](b Broker) (T, bool) {
+	for b != nil {
+		if t, ok := b.(T); ok {
+			return t, true
+		}
+		u, ok := b.(Unwrapper)
+		if !ok {
+			break
+		}
+		b = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}

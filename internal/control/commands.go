@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"denis.io/fleet/internal/broker"
 	"denis.io/fleet/internal/events"
 	"denis.io/fleet/internal/protocol"
 	"denis.io/fleet/internal/worker"
@@ -26,21 +27,31 @@ type Node interface {
 }
 
 // ConsumerControl is implemented by a worker that can start and stop consuming a queue at
-// run time (add_consumer, cancel_consumer).
+// run time (add_consumer, cancel_consumer; worker.Worker does).
 type ConsumerControl interface {
-	AddConsumer(ctx context.Context, queue string) error
+	AddConsumer(ctx context.Context, q broker.QueueSpec) error
 	CancelConsumer(ctx context.Context, queue string) error
 }
 
+// QueueLister is implemented by a worker that knows how each consumed queue is bound
+// (`inspect active_queues`); without it every queue is shown as broker.TaskQueue.
+type QueueLister interface {
+	ActiveQueues() []broker.QueueSpec
+}
+
 // LimitControl is implemented by a worker whose task limits can change at run time
-// (rate_limit, time_limit). An unknown task is an error wrapping ErrUnknownTask.
+// (rate_limit, time_limit). Commands checks the task name against Deps.Registered first.
 type LimitControl interface {
 	SetRateLimit(task, rate string) error
 	SetTimeLimit(task string, soft, hard time.Duration) error
 }
 
-// ErrUnknownTask is wrapped by LimitControl errors about a task the worker does not know.
-var ErrUnknownTask = errors.New("unknown task")
+// The worker supports every run-time change.
+var (
+	_ ConsumerControl = (*worker.Worker)(nil)
+	_ QueueLister     = (*worker.Worker)(nil)
+	_ LimitControl    = (*worker.Worker)(nil)
+)
 
 // BrokerInfo is the `broker` section of `inspect stats` (kombu's Connection.info()).
 type BrokerInfo struct {
@@ -276,16 +287,28 @@ func (c *commands) registered(context.Context, map[string]any) (any, error) {
 }
 
 // activeQueues is kombu's Queue.as_dict(recurse=True) of every consumed queue, declared
-// as Celery declares task queues (direct exchange of the same name, durable).
+// as Celery declares task queues (by default a direct exchange of the same name; durable),
+// including those added or cancelled at run time.
 func (c *commands) activeQueues(context.Context, map[string]any) (any, error) {
-	qs := c.d.Node.Snapshot().Queues
+	var qs []broker.QueueSpec
+	if ql, ok := c.d.Node.(QueueLister); ok {
+		qs = ql.ActiveQueues()
+	} else {
+		for _, q := range c.d.Node.Snapshot().Queues {
+			qs = append(qs, broker.TaskQueue(q))
+		}
+	}
 	out := make([]any, 0, len(qs))
 	for _, q := range qs {
+		kind := q.ExchangeType
+		if kind == "" {
+			kind = "direct"
+		}
 		out = append(out, map[string]any{
-			"name": q,
-			"exchange": map[string]any{"name": q, "type": "direct", "arguments": nil, "durable": true,
+			"name": q.Name,
+			"exchange": map[string]any{"name": q.Exchange, "type": kind, "arguments": nil, "durable": true,
 				"passive": false, "auto_delete": false, "delivery_mode": nil, "no_declare": false},
-			"routing_key": q, "queue_arguments": nil, "binding_arguments": nil, "consumer_arguments": nil,
+			"routing_key": q.RoutingKey, "queue_arguments": nil, "binding_arguments": nil, "consumer_arguments": nil,
 			"durable": true, "exclusive": false, "auto_delete": false, "no_ack": false, "alias": nil,
 			"bindings": []any{}, "no_declare": nil, "expires": nil, "message_ttl": nil, "max_length": nil,
 			"max_length_bytes": nil, "max_priority": nil,
@@ -482,28 +505,74 @@ func (c *commands) consumers() (ConsumerControl, error) {
 	return cc, nil
 }
 
-func (c *commands) addConsumer(ctx context.Context, args map[string]any) (any, error) {
-	q, _ := args["queue"].(string)
-	if q == "" {
-		return nil, errors.New("add_consumer: no queue")
+// strArg is a string argument; JSON null and a missing key are "", present reports which.
+func strArg(args map[string]any, k string) (v string, present bool) {
+	switch x := args[k].(type) {
+	case string:
+		return x, true
+	case nil:
+		return "", false
+	default:
+		return fmt.Sprint(x), true
 	}
-	if slices.Contains(c.d.Node.Snapshot().Queues, q) {
-		return ok(fmt.Sprintf("already consuming from %s", protocol.Repr(q))), nil
+}
+
+// missingArgs is the error Python raises calling a control handler without its required
+// arguments (kombu's Node.dispatch replies with repr(exc)).
+func missingArgs(fn string, names ...string) error {
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = "'" + n + "'"
+	}
+	list := strings.Join(quoted, " and ")
+	if len(quoted) > 2 {
+		list = strings.Join(quoted[:len(quoted)-1], ", ") + ", and " + quoted[len(quoted)-1]
+	}
+	plural := "argument"
+	if len(names) > 1 {
+		plural = "arguments"
+	}
+	return fmt.Errorf("TypeError(%s)", protocol.Repr(fmt.Sprintf("%s() missing %d required positional %s: %s", fn, len(names), plural, list)))
+}
+
+// addConsumer is Celery's add_consumer(queue, exchange=None, exchange_type=None,
+// routing_key=None): the exchange defaults to the queue's name, its type to direct, the
+// routing key to the queue's name. Celery replies before it acts; the Go worker acts
+// first, so a declaration the broker refuses is replied as an error.
+func (c *commands) addConsumer(ctx context.Context, args map[string]any) (any, error) {
+	q, _ := strArg(args, "queue")
+	if _, present := args["queue"]; !present {
+		return nil, missingArgs("add_consumer", "queue")
+	}
+	spec := broker.TaskQueue(q)
+	if ex, present := strArg(args, "exchange"); present {
+		spec.Exchange = ex
+	}
+	if kind, _ := strArg(args, "exchange_type"); kind != "" {
+		spec.ExchangeType = kind
+	}
+	if rk, _ := strArg(args, "routing_key"); rk != "" {
+		spec.RoutingKey = rk
+	}
+	if spec.Exchange == "" {
+		spec.RoutingKey = q // the default exchange routes by queue name only
 	}
 	cc, err := c.consumers()
 	if err != nil {
 		return nil, err
 	}
-	if err := cc.AddConsumer(ctx, q); err != nil {
+	if err := cc.AddConsumer(ctx, spec); err != nil {
 		return nil, err
 	}
 	return ok("add consumer " + q), nil
 }
 
+// cancelConsumer is Celery's cancel_consumer(queue). The reply comes once the worker no
+// longer fetches from the queue and has handed its unstarted messages back.
 func (c *commands) cancelConsumer(ctx context.Context, args map[string]any) (any, error) {
-	q, _ := args["queue"].(string)
-	if q == "" {
-		return nil, errors.New("cancel_consumer: no queue")
+	q, _ := strArg(args, "queue")
+	if _, present := args["queue"]; !present {
+		return nil, missingArgs("cancel_consumer", "queue")
 	}
 	cc, err := c.consumers()
 	if err != nil {
@@ -556,18 +625,60 @@ func (c *commands) known(task string) bool {
 	return c.d.Registered != nil && slices.Contains(c.d.Registered(), task)
 }
 
-func (c *commands) rateLimit(_ context.Context, args map[string]any) (any, error) {
-	task, _ := args["task_name"].(string)
-	if !c.known(task) {
-		return map[string]any{"error": "unknown task " + task}, nil
-	}
-	rate := ""
-	switch v := args["rate_limit"].(type) {
-	case string:
-		rate = v
+// celeryRate checks a rate_limit argument the way Celery's rate() parses it. It returns
+// the rate as a string for the worker, whether it is falsy in Python (which Celery
+// reports as "disabled"), or the error Celery replies with.
+func celeryRate(v any) (rate string, falsy bool, reply map[string]any) {
+	switch x := v.(type) {
 	case nil:
-	default:
-		rate = fmt.Sprint(v)
+		return "", true, nil
+	case bool:
+		if !x {
+			return "", true, nil
+		}
+		return "1", false, nil
+	case string:
+		if x == "" {
+			return "", true, nil
+		}
+		ops, unit, _ := strings.Cut(x, "/")
+		if _, err := strconv.ParseFloat(strings.TrimSpace(ops), 64); err != nil {
+			exc := "ValueError(" + protocol.Repr("could not convert string to float: "+protocol.Repr(ops)) + ")"
+			return "", false, map[string]any{"error": "Invalid rate limit string: " + exc}
+		}
+		switch unit {
+		case "", "s", "m", "h":
+		default:
+			// Celery's RATE_MODIFIER_MAP lookup raises KeyError outside its ValueError guard.
+			return "", false, map[string]any{"error": "KeyError(" + protocol.Repr(unit) + ")"}
+		}
+		return x, false, nil
+	}
+	f := number(v)
+	return strconv.FormatFloat(f, 'f', -1, 64), f == 0, nil
+}
+
+// rateLimit is Celery's rate_limit(task_name, rate_limit): the rate is checked first, then
+// the task; the new limit applies from the task's next message on.
+func (c *commands) rateLimit(_ context.Context, args map[string]any) (any, error) {
+	_, hasTask := args["task_name"]
+	_, hasRate := args["rate_limit"]
+	switch {
+	case !hasTask && !hasRate:
+		return nil, missingArgs("rate_limit", "task_name", "rate_limit")
+	case !hasTask:
+		return nil, missingArgs("rate_limit", "task_name")
+	case !hasRate:
+		return nil, missingArgs("rate_limit", "rate_limit")
+	}
+	rate, falsy, reply := celeryRate(args["rate_limit"])
+	if reply != nil {
+		return reply, nil
+	}
+	task, _ := strArg(args, "task_name")
+	if !c.known(task) {
+		c.d.Logger.Error("rate limit attempt for unknown task", "task", task)
+		return map[string]any{"error": "unknown task"}, nil
 	}
 	lc, err := c.limits()
 	if err != nil {
@@ -576,16 +687,19 @@ func (c *commands) rateLimit(_ context.Context, args map[string]any) (any, error
 	if err := lc.SetRateLimit(task, rate); err != nil {
 		return nil, err
 	}
-	if rate == "" || rate == "0" {
+	if falsy {
 		return ok("rate limit disabled successfully"), nil
 	}
 	return ok("new rate limit set successfully"), nil
 }
 
+// timeLimit is Celery's time_limit(task_name, hard=None, soft=None): both limits are
+// replaced, an absent one meaning no limit.
 func (c *commands) timeLimit(_ context.Context, args map[string]any) (any, error) {
-	task, _ := args["task_name"].(string)
+	task, _ := strArg(args, "task_name")
 	if !c.known(task) {
-		return map[string]any{"error": "unknown task " + task}, nil
+		c.d.Logger.Error("change time limit attempt for unknown task", "task", task)
+		return map[string]any{"error": "unknown task"}, nil
 	}
 	lc, err := c.limits()
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -295,25 +294,7 @@ func replyOf(v any, host string) map[string]any {
 
 func runPython(t *testing.T, env map[string]string) map[string]any {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "/usr/bin/python3", "testdata/pidbox.py")
-	cmd.Env = os.Environ()
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python: %v\n%s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(string(stdout)), "\n")
-	var out map[string]any
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &out); err != nil {
-		t.Fatalf("python output: %v\n%s\n%s", err, stdout, stderr.String())
-	}
-	return out
+	return runPythonScript(t, "testdata/pidbox.py", env)
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {

@@ -93,8 +93,13 @@ type Dispatcher struct {
 	pid    int
 	taskOn atomic.Bool
 
+	// Task events are encoded straight into task.multi bodies: full holds complete
+	// batches (BufferLimit events, closing bracket included), cur the one being filled.
 	mu      sync.Mutex
-	buf     []map[string]any
+	full    [][]byte
+	cur     []byte
+	curN    int
+	queued  int // events in full and cur
 	dropped uint64
 	kick    chan struct{} // capacity 1: a flush is wanted
 
@@ -248,7 +253,7 @@ func (d *Dispatcher) loop(ctx context.Context) {
 func (d *Dispatcher) buffered() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.buf)
+	return d.queued
 }
 
 func (d *Dispatcher) beat(ctx context.Context, now time.Time) {
@@ -292,19 +297,87 @@ func (d *Dispatcher) Task(typ string, fields map[string]any) {
 	if !d.taskOn.Load() {
 		return
 	}
-	ev := d.event(typ, time.Now())
+	fs := make([]field, 0, len(fields))
 	for k, v := range fields {
-		ev[k] = v
+		fs = append(fs, field{k, v})
 	}
+	d.taskEvent(typ, fs)
+}
+
+// field is one key of an event.
+type field struct {
+	k string
+	v any
+}
+
+// taskEvent encodes a task event (the common fields added, keys sorted, a field of
+// fields winning over a common one of the same name) straight into the task.multi batch
+// being filled.
+func (d *Dispatcher) taskEvent(typ string, fields []field) {
+	now := time.Now()
+	var arr [32]field
+	fs := append(arr[:0],
+		field{"type", typ}, field{"hostname", d.cfg.Hostname}, field{"utcoffset", UTCOffset(now)},
+		field{"pid", d.pid}, field{"clock", d.clock.Forward()}, field{"timestamp", epoch(now)})
+	common := len(fs)
+next:
+	for _, f := range fields {
+		for i := range common {
+			if fs[i].k == f.k {
+				fs[i].v = f.v
+				continue next
+			}
+		}
+		fs = append(fs, f)
+	}
+	for i := 1; i < len(fs); i++ { // insertion sort: a few dozen keys at most
+		for j := i; j > 0 && fs[j].k < fs[j-1].k; j-- {
+			fs[j], fs[j-1] = fs[j-1], fs[j]
+		}
+	}
+
 	d.mu.Lock()
-	if len(d.buf) >= d.cfg.MaxBuffered {
-		d.buf = d.buf[1:]
-		d.dropped++
+	start := len(d.cur)
+	if d.curN == 0 {
+		if d.cur == nil {
+			d.cur = make([]byte, 0, d.cfg.BufferLimit*448)
+		}
+		d.cur = append(d.cur, '[')
+	} else {
+		d.cur = append(d.cur, ", "...)
 	}
-	d.buf = append(d.buf, ev)
-	n := len(d.buf)
+	b := append(d.cur, '{')
+	for i, f := range fs {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = appendString(b, f.k)
+		b = append(b, ": "...)
+		var err error
+		if b, err = appendValue(b, f.v); err != nil {
+			d.cur = d.cur[:start]
+			d.mu.Unlock()
+			d.log.Error("task event not serialisable", "type", typ, "field", f.k, "err", err)
+			return
+		}
+	}
+	d.cur = append(b, '}')
+	d.curN++
+	d.queued++
+	kick := d.queued == 1
+	if d.curN == d.cfg.BufferLimit {
+		d.full = append(d.full, append(d.cur, ']'))
+		d.cur, d.curN = nil, 0
+		kick = true // a full batch goes out at once
+	}
+	if d.queued > d.cfg.MaxBuffered && len(d.full) > 0 { // publishing lags: drop the oldest batch
+		d.full[0] = nil
+		d.full = d.full[1:]
+		d.queued -= d.cfg.BufferLimit
+		d.dropped += uint64(d.cfg.BufferLimit)
+	}
 	d.mu.Unlock()
-	if n == 1 || n >= d.cfg.BufferLimit { // arm the linger, or flush a full batch
+	if kick { // arm the linger, or flush a full batch
 		select {
 		case d.kick <- struct{}{}:
 		default:
@@ -315,22 +388,19 @@ func (d *Dispatcher) Task(typ string, fields map[string]any) {
 // flush publishes every buffered task event, BufferLimit per task.multi message.
 func (d *Dispatcher) flush(ctx context.Context) {
 	d.mu.Lock()
-	buf := d.buf
-	d.buf = nil
+	batches := d.full
+	if d.curN > 0 {
+		batches = append(batches, append(d.cur, ']'))
+	}
+	d.full, d.cur, d.curN, d.queued = nil, nil, 0, 0
 	dropped := d.dropped
 	d.dropped = 0
 	d.mu.Unlock()
 	if dropped > 0 {
 		d.log.Warn("task events dropped: publishing could not keep up", "dropped", dropped)
 	}
-	for len(buf) > 0 {
-		n := min(len(buf), d.cfg.BufferLimit)
-		batch := make([]any, n)
-		for i, ev := range buf[:n] {
-			batch[i] = ev
-		}
-		buf = buf[n:]
-		d.publish(ctx, "task.multi", batch)
+	for _, batch := range batches {
+		d.publishEncoded(ctx, "task.multi", batch)
 	}
 }
 
@@ -342,6 +412,11 @@ func (d *Dispatcher) publish(ctx context.Context, routingKey string, body any) {
 		d.log.Error("event not serialisable", "routing_key", routingKey, "err", err)
 		return
 	}
+	d.publishEncoded(ctx, routingKey, data)
+}
+
+// publishEncoded sends one event message whose JSON body is data.
+func (d *Dispatcher) publishEncoded(ctx context.Context, routingKey string, data []byte) {
 	m := &protocol.Message{
 		ContentType:     "application/json",
 		ContentEncoding: "utf-8",

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -334,5 +335,50 @@ func TestEncodeEvents(t *testing.T) {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("%s lacks %s", data, want)
 		}
+	}
+}
+
+// TestTaskEventEncoding: a task event is encoded at once, byte for byte as the general
+// encoder writes the same map (sorted keys, Python separators), a given field winning over
+// the common one of the same name.
+func TestTaskEventEncoding(t *testing.T) {
+	d := New(nil, Config{Hostname: "w@h", TaskEvents: true, Logger: quietLogger()})
+	fields := map[string]any{"uuid": "u1", "name": "diag.add", "queue": "q", "args": "(1, 2)", "kwargs": "{}",
+		"root_id": nil, "retries": 0, "eta": nil, "runtime": 0.25, "result": "'3'",
+		"clock": 42, "timestamp": 1795713744.5, "utcoffset": 0, "pid": 7}
+	d.Task("task-succeeded", fields)
+	want := map[string]any{"type": "task-succeeded", "hostname": "w@h"}
+	for k, v := range fields {
+		want[k] = v
+	}
+	exp, err := encodeEvents(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.curN != 1 || string(d.cur) != "["+string(exp) {
+		t.Fatalf("buffered %q\nwant %q", d.cur, "["+string(exp))
+	}
+}
+
+// TestTaskEventBuffer: events fill task.multi batches of BufferLimit; while publishing
+// lags, the oldest batches are dropped beyond MaxBuffered and counted.
+func TestTaskEventBuffer(t *testing.T) {
+	d := New(nil, Config{Hostname: "w@h", TaskEvents: true, BufferLimit: 4, MaxBuffered: 10, Logger: quietLogger()})
+	for i := range 23 {
+		d.Task("task-started", map[string]any{"uuid": fmt.Sprint(i)})
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.queued > 10 || d.queued != 4*len(d.full)+d.curN || d.dropped != 23-uint64(d.queued) {
+		t.Fatalf("queued %d (%d full batches + %d), dropped %d", d.queued, len(d.full), d.curN, d.dropped)
+	}
+	var evs []map[string]any
+	if err := json.Unmarshal(d.full[0], &evs); err != nil || len(evs) != 4 {
+		t.Fatalf("batch %s: %v", d.full[0], err)
+	}
+	if first := evs[0]["uuid"]; first != fmt.Sprint(d.dropped) {
+		t.Errorf("oldest kept event %v, want %d (the oldest are dropped)", first, d.dropped)
 	}
 }

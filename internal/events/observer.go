@@ -23,14 +23,13 @@ var _ worker.Observer = TaskObserver{}
 // Observer returns the worker.Observer that publishes through d.
 func (d *Dispatcher) Observer() TaskObserver { return TaskObserver{d: d} }
 
-func (o TaskObserver) send(typ string, i *worker.TaskInfo, fields map[string]any) {
+func (o TaskObserver) send(typ string, i *worker.TaskInfo, extra ...field) {
 	if !o.d.taskOn.Load() {
 		return
 	}
-	fields["uuid"] = i.ID
-	fields["name"] = i.DisplayName()
-	fields["queue"] = i.Queue
-	o.d.Task(typ, fields)
+	var arr [16]field
+	fs := append(arr[:0], field{"uuid", i.ID}, field{"name", i.DisplayName()}, field{"queue", i.Queue})
+	o.d.taskEvent(typ, append(fs, extra...))
 }
 
 // TaskReceived sends task-received with Celery's fields: name, args and kwargs as repr
@@ -39,21 +38,17 @@ func (o TaskObserver) TaskReceived(i *worker.TaskInfo) {
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-received", i, map[string]any{
-		"args": i.ArgsRepr, "kwargs": i.KwargsRepr,
-		"root_id": nullable(i.RootID), "parent_id": nullable(i.ParentID), "retries": i.Retries,
-		"eta": isoformat(i.ETA), "expires": isoformat(i.Expires),
-		"exchange": i.Exchange, "routing_key": i.RoutingKey,
-	})
+	o.send("task-received", i,
+		field{"args", i.ArgsRepr}, field{"kwargs", i.KwargsRepr},
+		field{"root_id", nullable(i.RootID)}, field{"parent_id", nullable(i.ParentID)}, field{"retries", i.Retries},
+		field{"eta", isoformat(i.ETA)}, field{"expires", isoformat(i.Expires)},
+		field{"exchange", i.Exchange}, field{"routing_key", i.RoutingKey})
 }
 
 // TaskStarted sends task-started (its pid is the worker's, as Celery's is the main
 // process's).
 func (o TaskObserver) TaskStarted(i *worker.TaskInfo) {
-	if !o.d.taskOn.Load() {
-		return
-	}
-	o.send("task-started", i, map[string]any{})
+	o.send("task-started", i)
 }
 
 // TaskSucceeded sends task-succeeded with the result's repr and the runtime in seconds.
@@ -61,9 +56,8 @@ func (o TaskObserver) TaskSucceeded(i *worker.TaskInfo, runtime time.Duration, r
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-succeeded", i, map[string]any{
-		"result": protocol.SafeRepr(result, resultReprMax), "runtime": runtime.Seconds(),
-	})
+	o.send("task-succeeded", i,
+		field{"result", protocol.SafeRepr(result, resultReprMax)}, field{"runtime", runtime.Seconds()})
 }
 
 // TaskFailed sends task-failed with the exception's repr and the traceback.
@@ -71,7 +65,7 @@ func (o TaskObserver) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo,
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-failed", i, map[string]any{"exception": excRepr(exc), "traceback": tb})
+	o.send("task-failed", i, field{"exception", excRepr(exc)}, field{"traceback", tb})
 }
 
 // TaskRetried sends task-retried with the exception's repr and the traceback.
@@ -79,28 +73,22 @@ func (o TaskObserver) TaskRetried(i *worker.TaskInfo, exc protocol.ExceptionInfo
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-retried", i, map[string]any{"exception": excRepr(exc), "traceback": tb})
+	o.send("task-retried", i, field{"exception", excRepr(exc)}, field{"traceback", tb})
 }
 
 // TaskRejected sends task-rejected.
 func (o TaskObserver) TaskRejected(i *worker.TaskInfo, requeue bool) {
-	if !o.d.taskOn.Load() {
-		return
-	}
-	o.send("task-rejected", i, map[string]any{"requeue": requeue})
+	o.send("task-rejected", i, field{"requeue", requeue})
 }
 
 // TaskRevoked sends task-revoked; a terminated task reports signum 15 (SIGTERM, what
 // Celery's revoke --terminate sends by default).
 func (o TaskObserver) TaskRevoked(i *worker.TaskInfo, terminated, expired bool) {
-	if !o.d.taskOn.Load() {
-		return
-	}
 	var signum any
 	if terminated {
 		signum = int(syscall.SIGTERM)
 	}
-	o.send("task-revoked", i, map[string]any{"terminated": terminated, "signum": signum, "expired": expired})
+	o.send("task-revoked", i, field{"terminated", terminated}, field{"signum", signum}, field{"expired", expired})
 }
 
 // TaskDeadLettered sends nothing: Celery has no such event (the failure or rejection

@@ -86,11 +86,12 @@ type Store interface {
 	Reserve(ctx context.Context, key string, interval time.Duration) (time.Duration, error)
 }
 
-// Limiter applies the rate limits of a set of tasks. It is safe for concurrent use.
+// Limiter applies the rate limits of a set of tasks. It is safe for concurrent use;
+// SetRate changes a task's limit at run time (Celery's rate_limit control command).
 type Limiter struct {
-	rates   map[string]Rate
-	local   map[string]*bucket
-	store   Store // nil: fleet-wide mode unavailable
+	tab     atomic.Pointer[table] // replaced whole by SetRate, never modified
+	setMu   sync.Mutex            // serializes SetRate
+	store   Store                 // nil: fleet-wide mode unavailable
 	fleet   atomic.Bool
 	log     *slog.Logger
 	now     func() time.Time
@@ -99,6 +100,12 @@ type Limiter struct {
 	// storeDownUntil (UnixNano) skips the store for a while after it failed, so that an
 	// unreachable Redis does not slow every reservation down.
 	storeDownUntil atomic.Int64
+}
+
+// table is the limiter's task → rate table with each limited task's local bucket.
+type table struct {
+	rates map[string]Rate
+	local map[string]*bucket
 }
 
 // storeRetryAfter is how long the local bucket is used after the store failed.
@@ -110,18 +117,53 @@ func New(rates map[string]string, store Store, log *slog.Logger) (*Limiter, erro
 	if log == nil {
 		log = slog.Default()
 	}
-	l := &Limiter{rates: map[string]Rate{}, local: map[string]*bucket{}, store: store, log: log, now: time.Now}
+	l := &Limiter{store: store, log: log, now: time.Now}
+	t := &table{rates: map[string]Rate{}, local: map[string]*bucket{}}
 	for name, s := range rates {
 		r, err := ParseRate(s)
 		if err != nil {
 			return nil, fmt.Errorf("ratelimit: task %s: %w", name, err)
 		}
 		if r > 0 {
-			l.rates[name] = r
-			l.local[name] = &bucket{interval: r.Interval()}
+			t.rates[name] = r
+			t.local[name] = &bucket{interval: r.Interval()}
 		}
 	}
+	l.tab.Store(t)
 	return l, nil
+}
+
+// SetRate changes the task's rate limit from the next reservation on; 0 removes it.
+// The task gets a fresh bucket, as Celery's reset_rate_limits gives it: its next task may
+// start at once. Reservations already handed out keep their wait.
+func (l *Limiter) SetRate(task string, r Rate) {
+	l.setMu.Lock()
+	defer l.setMu.Unlock()
+	old := l.tab.Load()
+	t := &table{rates: make(map[string]Rate, len(old.rates)+1), local: make(map[string]*bucket, len(old.local)+1)}
+	for k, v := range old.rates {
+		t.rates[k] = v
+	}
+	for k, v := range old.local {
+		t.local[k] = v
+	}
+	if r > 0 {
+		t.rates[task] = r
+		t.local[task] = &bucket{interval: r.Interval()}
+	} else {
+		delete(t.rates, task)
+		delete(t.local, task)
+	}
+	l.tab.Store(t)
+	l.log.Info("ratelimit: rate limit changed", "task", task, "per_second", float64(r))
+}
+
+// Rate returns the task's rate limit (0: none).
+func (l *Limiter) Rate(task string) Rate {
+	if l == nil {
+		return 0
+	}
+	return l.tab.Load().rates[task]
 }
 
 // SetFleetWide switches between per-worker buckets (false, Celery's behaviour) and one
@@ -144,7 +186,7 @@ func (l *Limiter) Limited(task string) bool {
 	if l == nil {
 		return false
 	}
-	_, ok := l.rates[task]
+	_, ok := l.tab.Load().rates[task]
 	return ok
 }
 
@@ -180,7 +222,8 @@ func (l *Limiter) Reserve(ctx context.Context, task string) (time.Duration, erro
 	if l == nil {
 		return 0, nil
 	}
-	r, ok := l.rates[task]
+	t := l.tab.Load()
+	r, ok := t.rates[task]
 	if !ok {
 		return 0, nil
 	}
@@ -201,5 +244,5 @@ func (l *Limiter) Reserve(ctx context.Context, task string) (time.Duration, erro
 				"task", task, "error", err)
 		}
 	}
-	return l.local[task].reserve(l.now()), nil
+	return t.local[task].reserve(l.now()), nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"denis.io/fleet/internal/broker/coalesce"
 	"denis.io/fleet/internal/protocol"
 )
 
@@ -31,12 +32,22 @@ const maxValueSize = 512 * 1024 * 1024
 func Key(taskID string) string { return KeyPrefix + taskID }
 
 // RedisBackend is Celery's Redis result backend (celery/backends/redis.py), worker side.
+// Concurrent Store calls share round trips (see Store).
 type RedisBackend struct {
 	client  *redis.Client
 	expires time.Duration // <= 0: no TTL
 	log     *slog.Logger
 	now     func() time.Time
+	writes  *coalesce.Coalescer[storeReq]
 }
+
+// storeBatch bounds the results written together, storeParallel the batches in flight
+// at once; storeTimeout bounds a batch's round trips.
+const (
+	storeBatch    = 256
+	storeParallel = 2
+	storeTimeout  = 10 * time.Second
+)
 
 // OpenRedis connects to the Redis server of a redis:// or rediss:// URL (DB number and
 // password from the URL, Celery's ssl_* and socket_* query parameters understood, other
@@ -52,36 +63,76 @@ func OpenRedis(ctx context.Context, rawURL string, o Options) (*RedisBackend, er
 		_ = client.Close()
 		return nil, fmt.Errorf("result: redis backend %s: ping: %w", redactURL(rawURL), err)
 	}
-	return &RedisBackend{client: client, expires: o.Expires, log: o.Logger, now: time.Now}, nil
+	b := &RedisBackend{client: client, expires: o.Expires, log: o.Logger, now: time.Now}
+	b.writes = coalesce.NewParallel(b.flushStores, storeBatch, storeParallel, storeTimeout)
+	return b, nil
+}
+
+// storeScript is Celery's _store_result for keys that exist already, each in one atomic
+// step: a stored SUCCESS is never overwritten (a duplicate delivery must not replace
+// it), but published again, so that a client that missed the first publication (the
+// write of it failed half-way and is being retried) still gets it; otherwise the
+// document is written, with its TTL, and published on the channel of the key's name,
+// which is what a waiting AsyncResult.get() listens for. One call handles a whole batch.
+//
+//	KEYS[i] celery-task-meta-<id>; ARGV[1] TTL in seconds (0: none), ARGV[i+1] the
+//	document of KEYS[i]
+//
+// Returns one code per key: 1 written, 0 a SUCCESS was kept, 2 an undecodable document
+// was overwritten. The stored status is read from the document's first key when that is
+// `status` (as Celery and this package write it), else by decoding the whole document.
+var storeScript = redis.NewScript(`
+local ttl = ARGV[1]
+local out = {}
+local curs = redis.call('MGET', unpack(KEYS))
+for i = 1, #KEYS do
+  local key, doc = KEYS[i], ARGV[i + 1]
+  local cur = curs[i]
+  local ret = 1
+  local status = nil
+  if cur then
+    status = string.match(cur, '^{"status": ?"([^"\\]*)"')
+    if not status then
+      local ok, old = pcall(cjson.decode, cur)
+      if ok and type(old) == 'table' then
+        status = old.status
+      else
+        ret = 2
+      end
+    end
+  end
+  if status == 'SUCCESS' then
+    redis.call('PUBLISH', key, cur)
+    out[i] = 0
+  else
+    if ttl ~= '0' then
+      redis.call('SETEX', key, ttl, doc)
+    else
+      redis.call('SET', key, doc)
+    end
+    redis.call('PUBLISH', key, doc)
+    out[i] = ret
+  end
+end
+return out
+`)
+
+// storeReq is one document to store.
+type storeReq struct {
+	id, status string
+	key        string
+	body       []byte
 }
 
 // Store writes r the way Celery's worker does (celery/backends/base.py _store_result):
-// GET the key and leave it alone if it already holds SUCCESS (a duplicate delivery must not
-// overwrite a success), then in one MULTI/EXEC: SETEX key <expires> <json> (SET without TTL
-// when expiry is disabled) and PUBLISH key <json>, which is what a waiting
-// AsyncResult.get() listens for.
+// unless the key already holds SUCCESS (a duplicate delivery must not overwrite a
+// success), SETEX key <expires> <json> (SET without TTL when expiry is disabled) and
+// PUBLISH key <json>. Calls made while another write is in flight are written together
+// (flushStores); each returns once its own document is stored and published.
 func (b *RedisBackend) Store(ctx context.Context, r Record) error {
 	if r.TaskID == "" {
 		return errors.New("result: redis: store: empty task id")
 	}
-	key := Key(r.TaskID)
-
-	cur, err := b.client.Get(ctx, key).Bytes()
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
-		return fmt.Errorf("result: redis: get %s: %w", key, err)
-	default:
-		status, perr := statusOf(cur)
-		if perr != nil {
-			b.log.WarnContext(ctx, "result: overwriting an undecodable result", "key", key, "err", perr)
-		} else if status == protocol.StateSuccess {
-			b.log.DebugContext(ctx, "result: already SUCCESS, not overwriting",
-				"task_id", r.TaskID, "status", r.Status)
-			return nil
-		}
-	}
-
 	body, err := r.Meta(b.now()).Encode()
 	if err != nil {
 		return fmt.Errorf("result: redis: store %s: %w", r.TaskID, err)
@@ -89,20 +140,97 @@ func (b *RedisBackend) Store(ctx context.Context, r Record) error {
 	if len(body) > maxValueSize {
 		return fmt.Errorf("result: redis: store %s: result of %d bytes is larger than Redis allows", r.TaskID, len(body))
 	}
-
-	_, err = b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		if b.expires > 0 {
-			p.SetEx(ctx, key, body, ttlSeconds(b.expires))
-		} else {
-			p.Set(ctx, key, body, 0)
-		}
-		p.Publish(ctx, key, body)
-		return nil
-	})
+	err = b.writes.Do(ctx, storeReq{id: r.TaskID, status: r.Status, key: Key(r.TaskID), body: body})
+	if errors.Is(err, coalesce.ErrClosed) {
+		err = redis.ErrClosed
+	}
 	if err != nil {
 		return fmt.Errorf("result: redis: store %s (%s): %w", r.TaskID, r.Status, err)
 	}
 	return nil
+}
+
+// flushStores writes a batch in two round trips: SET … NX (with the TTL) of every
+// document, which stores those whose key does not exist yet, the usual case, without
+// reading anything; then PUBLISH of each one stored, together with one storeScript call
+// for the keys that existed (the SUCCESS rule is applied there, atomically).
+func (b *RedisBackend) flushStores(ctx context.Context, reqs []storeReq) []error {
+	errs := make([]error, len(reqs))
+	var ttl time.Duration
+	if b.expires > 0 {
+		ttl = ttlSeconds(b.expires)
+	}
+	sets := make([]*redis.BoolCmd, len(reqs))
+	_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range reqs {
+			sets[i] = p.SetNX(ctx, r.key, r.body, ttl)
+		}
+		return nil
+	})
+	var stored, existed []int
+	for i, c := range sets {
+		switch ok, err := c.Result(); {
+		case err != nil:
+			errs[i] = err
+		case ok:
+			stored = append(stored, i)
+		default:
+			existed = append(existed, i)
+		}
+	}
+	if len(stored)+len(existed) == 0 {
+		return errs
+	}
+	var keys []string
+	var args []any
+	if len(existed) > 0 {
+		keys = make([]string, len(existed))
+		args = make([]any, 0, len(existed)+1)
+		args = append(args, strconv.FormatInt(int64(ttl/time.Second), 10))
+		for k, i := range existed {
+			keys[k] = reqs[i].key
+			args = append(args, reqs[i].body)
+		}
+	}
+	pubs := make([]*redis.IntCmd, len(stored))
+	var script *redis.Cmd
+	_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for k, i := range stored {
+			pubs[k] = p.Publish(ctx, reqs[i].key, reqs[i].body)
+		}
+		if len(existed) > 0 {
+			script = storeScript.EvalSha(ctx, p, keys, args...)
+		}
+		return nil
+	})
+	for k, i := range stored {
+		// Stored but not published: the retry finds the key and its script publishes.
+		errs[i] = pubs[k].Err()
+	}
+	if script == nil {
+		return errs
+	}
+	codes, err := script.Int64Slice()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		codes, err = storeScript.Run(ctx, b.client, keys, args...).Int64Slice()
+	}
+	if err == nil && len(codes) != len(existed) {
+		err = fmt.Errorf("store script returned %d codes for %d writes", len(codes), len(existed))
+	}
+	for k, i := range existed {
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		r := reqs[i]
+		switch codes[k] {
+		case 0:
+			b.log.Debug("result: already SUCCESS, not overwriting", "task_id", r.id, "status", r.status)
+		case 2:
+			b.log.Warn("result: overwrote an undecodable result", "key", r.key)
+		}
+	}
+	return errs
 }
 
 // Get returns the stored result document of taskID, decoded with protocol.ParseJSON (numbers
@@ -128,26 +256,13 @@ func (b *RedisBackend) Get(ctx context.Context, taskID string) (map[string]any, 
 	return m, nil
 }
 
-// Close closes the connection pool.
+// Close waits for the writes in flight and closes the connection pool.
 func (b *RedisBackend) Close() error {
+	b.writes.Close()
 	if err := b.client.Close(); err != nil {
 		return fmt.Errorf("result: redis: close: %w", err)
 	}
 	return nil
-}
-
-// statusOf extracts the status of a stored result document.
-func statusOf(doc []byte) (string, error) {
-	v, err := protocol.ParseJSON(doc)
-	if err != nil {
-		return "", err
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return "", fmt.Errorf("result document is %T, not an object", v)
-	}
-	s, _ := m["status"].(string)
-	return s, nil
 }
 
 // ttlSeconds rounds d up to whole seconds (SETEX takes seconds; at least 1).

@@ -3,6 +3,7 @@ package result
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -126,6 +127,98 @@ func TestRedisSuccessNotOverwritten(t *testing.T) {
 				t.Errorf("result = %v: the first SUCCESS was overwritten", m["result"])
 			}
 		})
+	}
+}
+
+// TestRedisStoreOverExisting checks the SUCCESS rule against documents written by others:
+// SUCCESS found by the fast path (status first) or by decoding (status elsewhere) is kept;
+// anything else, undecodable documents included, is overwritten.
+func TestRedisStoreOverExisting(t *testing.T) {
+	ctx := context.Background()
+	b, c := openTestRedis(t, Options{})
+	tests := []struct {
+		name     string
+		existing string
+		kept     bool
+	}{
+		{"celery success", `{"status": "SUCCESS", "result": 1, "task_id": "x"}`, true},
+		{"compact success", `{"status":"SUCCESS","result":1}`, true},
+		{"status not first", `{"result": 1, "status": "SUCCESS"}`, true},
+		{"status in a nested object only", `{"result": {"status": "SUCCESS"}, "status": "STARTED"}`, false},
+		{"started", `{"status": "STARTED", "result": {"pid": 1}}`, false},
+		{"failure", `{"status": "FAILURE", "result": null}`, false},
+		{"undecodable", `not json {`, false},
+		{"not an object", `"SUCCESS"`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := newID(t)
+			cleanupKeys(t, c, id)
+			if err := c.Set(ctx, Key(id), tt.existing, time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Store(ctx, Record{TaskID: id, Status: protocol.StateFailure,
+				Result: Failure("ValueError", ModuleBuiltins, "late")}); err != nil {
+				t.Fatal(err)
+			}
+			got := c.Get(ctx, Key(id)).Val()
+			if kept := got == tt.existing; kept != tt.kept {
+				t.Errorf("kept = %v, want %v (stored %q)", kept, tt.kept, got)
+			}
+		})
+	}
+}
+
+// TestRedisStoreConcurrent stores many results at once (they share pipelines) and checks
+// that each call returns only once its own document is stored and published.
+func TestRedisStoreConcurrent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, c := openTestRedis(t, Options{})
+	const n = 300
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = newID(t)
+	}
+	cleanupKeys(t, c, ids...)
+	sub := c.PSubscribe(ctx, KeyPrefix+"fleet-test-*")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, n)
+	for i, id := range ids {
+		go func() {
+			if err := b.Store(ctx, Record{TaskID: id, Status: protocol.StateSuccess, Result: i}); err != nil {
+				errs <- err
+				return
+			}
+			m, err := b.Get(ctx, id)
+			switch {
+			case err != nil:
+				errs <- err
+			case m == nil || fmt.Sprint(m["result"]) != fmt.Sprint(i):
+				errs <- fmt.Errorf("%s: stored %v, want result %d", id, m, i)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	want := make(map[string]bool, n)
+	for _, id := range ids {
+		want[Key(id)] = true
+	}
+	for len(want) > 0 {
+		msg, err := sub.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatalf("%d publications missing: %v", len(want), err)
+		}
+		delete(want, msg.Channel)
 	}
 }
 
@@ -314,5 +407,54 @@ func TestRedisOptions(t *testing.T) {
 				t.Errorf("unexpected options %+v (TLS %+v)", o, o.TLSConfig)
 			}
 		})
+	}
+}
+
+// TestRedisDuplicateSuccessRepublished: a write that finds SUCCESS stored keeps it and
+// publishes the stored document again (a client that missed the first publication, when
+// a write failed half-way and is retried, still gets the result); other states are
+// overwritten and the new document published.
+func TestRedisDuplicateSuccessRepublished(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, c := openTestRedis(t, Options{})
+	id := newID(t)
+	cleanupKeys(t, c, id)
+	sub := c.Subscribe(ctx, Key(id))
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		status string
+		kept   bool
+	}{
+		{protocol.StateStarted, false},
+		{protocol.StateSuccess, false},
+		{protocol.StateFailure, true},
+	}
+	var success string
+	for _, st := range steps {
+		var res any = "ok"
+		if st.status == protocol.StateFailure {
+			res = Failure("ValueError", ModuleBuiltins, "dup")
+		}
+		if err := b.Store(ctx, Record{TaskID: id, Status: st.status, Result: res}); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := sub.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := c.Get(ctx, Key(id)).Val()
+		if msg.Payload != stored {
+			t.Fatalf("%s: published %q, stored %q", st.status, msg.Payload, stored)
+		}
+		if st.status == protocol.StateSuccess {
+			success = stored
+		}
+		if st.kept && stored != success {
+			t.Fatalf("%s overwrote SUCCESS: %q", st.status, stored)
+		}
 	}
 }

@@ -26,6 +26,9 @@ func WrapBroker(b broker.Broker, tr *Tracker) broker.Broker {
 	return &tracedBroker{Broker: b, tr: tr}
 }
 
+// Unwrap returns the wrapped broker (broker.As finds the transport's optional interfaces).
+func (b *tracedBroker) Unwrap() broker.Broker { return b.Broker }
+
 func (b *tracedBroker) spanContext(ctx context.Context, m *protocol.Message) (trace.SpanContext, bool) {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		return sc, true

@@ -28,25 +28,38 @@ const (
 )
 
 // endedGrace is how long a task's span context stays known after its span ended, for the
-// publishes and log lines that follow the outcome (result, dead letter, ack).
-const endedGrace = 30 * time.Second
+// publishes and log lines that follow the outcome (result, dead letter, ack); maxEnded
+// bounds how many are kept, so that memory does not grow with the task rate (those
+// publishes and lines come right after the outcome, on the task's own goroutine).
+const (
+	endedGrace = 30 * time.Second
+	maxEnded   = 4096
+)
 
 // Tracker owns the consumer span of every task in the worker. Its Middleware starts the
 // span when the handler starts (continuing the producer's trace from the message headers)
 // and makes it current in the handler's context; as a worker.Observer it ends the span at
 // the task's outcome. It also maps task ids to span contexts for WrapBroker and
 // LogHandler, which see a task id but no context: the open spans, and for endedGrace after
-// the end (result, dead letter and ack follow the outcome) only their span context. A span
+// the end (result, dead letter and ack follow the outcome; the last maxEnded at most) only
+// their span context. A span
 // whose outcome never comes (the delivery was handed back at shutdown) is not exported.
 type Tracker struct {
 	t        *Telemetry
 	hostname string
 
 	mu    sync.Mutex
-	open  map[string]trace.Span        // tasks whose span is running
+	open  map[string]openSpan          // tasks whose span is running
 	ended map[string]trace.SpanContext // span contexts kept endedGrace after the end
 	queue []endedEntry                 // ended, oldest first
 	head  int
+}
+
+// openSpan is a running task's span: an SDK span when spans are recorded, else only a
+// span context (see Middleware).
+type openSpan struct {
+	span trace.Span // nil: nothing records
+	sc   trace.SpanContext
 }
 
 type endedEntry struct {
@@ -58,7 +71,7 @@ var _ worker.Observer = (*Tracker)(nil)
 
 // NewTracker returns the tracker of a worker named hostname.
 func (t *Telemetry) NewTracker(hostname string) *Tracker {
-	return &Tracker{t: t, hostname: hostname, open: map[string]trace.Span{}, ended: map[string]trace.SpanContext{}}
+	return &Tracker{t: t, hostname: hostname, open: map[string]openSpan{}, ended: map[string]trace.SpanContext{}}
 }
 
 // headerCarrier reads and writes W3C headers in Celery message headers.
@@ -102,29 +115,50 @@ func (t *Telemetry) Inject(sc trace.SpanContext, headers map[string]any) {
 // Middleware runs the handler inside the task's consumer span, named "run/<task>" as
 // opentelemetry-instrumentation-celery names its worker spans, with the messaging
 // attributes (system, destination = the queue, operation process, message id) and the
-// task's name and retries.
+// task's name and retries. While nothing would record the span (no exporter, or tracing
+// switched off) no span is made: the handler's context carries only a span context (the
+// producer's trace id, a new span id, the sampler's decision), which is what logs and
+// published messages need, at the cost of two random numbers per task.
 func (tr *Tracker) Middleware(next tasks.Handler) tasks.Handler {
 	return tasks.HandlerFunc(func(ctx context.Context, r *tasks.Request) (any, error) {
-		span := tr.start(ctx, r)
-		ctx = trace.ContextWithSpan(ctx, span)
+		o := tr.start(ctx, r)
+		if o.span == nil {
+			return next.ServeTask(trace.ContextWithSpanContext(ctx, o.sc), r)
+		}
+		ctx = trace.ContextWithSpan(ctx, o.span)
 		v, err := next.ServeTask(ctx, r)
 		var retry *tasks.RetryError
 		if err != nil && !errors.As(err, &retry) {
-			span.RecordError(err)
+			o.span.RecordError(err)
 		}
 		return v, err
 	})
 }
 
-func (tr *Tracker) start(ctx context.Context, r *tasks.Request) trace.Span {
+func (tr *Tracker) start(ctx context.Context, r *tasks.Request) openSpan {
 	tr.mu.Lock()
-	if s, ok := tr.open[r.ID]; ok {
+	if o, ok := tr.open[r.ID]; ok {
 		tr.mu.Unlock()
-		return s
+		return o
 	}
 	tr.mu.Unlock()
 	pctx := tr.t.Extract(ctx, r.Headers)
-	attrs := []attribute.KeyValue{
+	var o openSpan
+	if tr.t.exporting && tr.t.Enabled() {
+		o.span = tr.startSpan(pctx, r)
+		o.sc = o.span.SpanContext()
+	} else {
+		o.sc = tr.t.spanContext(pctx, "run/"+r.Name)
+	}
+	tr.mu.Lock()
+	tr.open[r.ID] = o
+	tr.mu.Unlock()
+	return o
+}
+
+func (tr *Tracker) startSpan(pctx context.Context, r *tasks.Request) trace.Span {
+	attrs := make([]attribute.KeyValue, 0, 10)
+	attrs = append(attrs,
 		semconv.MessagingSystemKey.String(tr.t.cfg.System),
 		semconv.MessagingDestinationName(r.Delivery.Queue),
 		semconv.MessagingOperationTypeProcess,
@@ -134,20 +168,18 @@ func (tr *Tracker) start(ctx context.Context, r *tasks.Request) trace.Span {
 		AttrAction.String("run"),
 		AttrRetries.Int(r.Retries),
 		AttrHostname.String(tr.hostname),
-	}
+	)
 	if r.Delivery.RoutingKey != "" && tr.t.cfg.System == "rabbitmq" {
 		attrs = append(attrs, semconv.MessagingRabbitMQDestinationRoutingKey(r.Delivery.RoutingKey))
 	}
 	_, span := tr.t.tracer.Start(pctx, "run/"+r.Name, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
-	tr.mu.Lock()
-	tr.open[r.ID] = span
-	tr.mu.Unlock()
 	return span
 }
 
-// expireLocked forgets the span contexts of tasks that ended more than endedGrace ago.
+// expireLocked forgets the span contexts of tasks that ended more than endedGrace ago, and
+// the oldest beyond maxEnded.
 func (tr *Tracker) expireLocked(now time.Time) {
-	for tr.head < len(tr.queue) && now.Sub(tr.queue[tr.head].at) > endedGrace {
+	for tr.head < len(tr.queue) && (now.Sub(tr.queue[tr.head].at) > endedGrace || len(tr.queue)-tr.head > maxEnded) {
 		e := tr.queue[tr.head]
 		if _, open := tr.open[e.id]; !open {
 			delete(tr.ended, e.id)
@@ -168,8 +200,8 @@ func (tr *Tracker) SpanContext(id string) (trace.SpanContext, bool) {
 	}
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
-	if s, ok := tr.open[id]; ok {
-		return s.SpanContext(), true
+	if o, ok := tr.open[id]; ok {
+		return o.sc, true
 	}
 	sc, ok := tr.ended[id]
 	return sc, ok
@@ -179,17 +211,18 @@ func (tr *Tracker) SpanContext(id string) (trace.SpanContext, bool) {
 func (tr *Tracker) end(id, outcome string, fail func(trace.Span)) {
 	now := time.Now()
 	tr.mu.Lock()
-	span, ok := tr.open[id]
+	o, ok := tr.open[id]
 	if ok {
 		delete(tr.open, id)
-		tr.ended[id] = span.SpanContext()
+		tr.ended[id] = o.sc
 		tr.queue = append(tr.queue, endedEntry{id: id, at: now})
 	}
 	tr.expireLocked(now)
 	tr.mu.Unlock()
-	if !ok {
+	if !ok || o.span == nil {
 		return
 	}
+	span := o.span
 	span.SetAttributes(AttrOutcome.String(outcome))
 	if fail != nil {
 		fail(span)

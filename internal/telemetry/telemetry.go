@@ -6,16 +6,19 @@
 // configured by the standard OTEL_* environment variables: off unless an endpoint is set,
 // and switchable live (SetEnabled; the TELEMETRY_ENABLED flag drives it).
 //
-// Spans are created even while export is off (as non-recording spans), so trace ids still
-// reach the logs and the published messages at the cost of two random ids per task.
+// While export is off no spans are created, but every task still gets a span context (the
+// producer's trace continued, a new span id), so trace ids still reach the logs and the
+// published messages at the cost of two random ids per task.
 package telemetry
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -60,6 +63,7 @@ type Telemetry struct {
 	propagator propagation.TextMapPropagator
 	enabled    atomic.Bool
 	exporting  bool
+	sampler    sdktrace.Sampler // the provider's, export switch included
 	log        *slog.Logger
 }
 
@@ -93,8 +97,9 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if err != nil {
 		return nil, err
 	}
+	t.sampler = switchSampler{on: &t.enabled, next: sampler}
 	opts := []sdktrace.TracerProviderOption{
-		sdktrace.WithSampler(switchSampler{on: &t.enabled, next: sampler}),
+		sdktrace.WithSampler(t.sampler),
 		sdktrace.WithResource(t.resource(ctx)),
 	}
 	if exp != nil {
@@ -199,6 +204,28 @@ func (t *Telemetry) ForceFlush(ctx context.Context) error {
 		return fmt.Errorf("telemetry: flush: %w", err)
 	}
 	return nil
+}
+
+// spanContext makes the span context of a span that is not recorded: the trace of the
+// parent in pctx (a new one without), a new span id, and the sampling decision the
+// provider would have made, so that what follows downstream samples alike.
+func (t *Telemetry) spanContext(pctx context.Context, name string) trace.SpanContext {
+	parent := trace.SpanContextFromContext(pctx)
+	cfg := trace.SpanContextConfig{TraceID: parent.TraceID()}
+	if !parent.TraceID().IsValid() {
+		binary.BigEndian.PutUint64(cfg.TraceID[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(cfg.TraceID[8:], rand.Uint64())
+	}
+	for !cfg.SpanID.IsValid() {
+		binary.BigEndian.PutUint64(cfg.SpanID[:], rand.Uint64())
+	}
+	res := t.sampler.ShouldSample(sdktrace.SamplingParameters{ParentContext: pctx, TraceID: cfg.TraceID,
+		Name: name, Kind: trace.SpanKindConsumer})
+	if res.Decision == sdktrace.RecordAndSample {
+		cfg.TraceFlags = trace.FlagsSampled
+	}
+	cfg.TraceState = res.Tracestate
+	return trace.NewSpanContext(cfg)
 }
 
 // switchSampler drops every span while the switch is off, else asks next.

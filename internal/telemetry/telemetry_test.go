@@ -351,3 +351,56 @@ func (r *receiver) spans() []receivedSpan {
 	defer r.mu.Unlock()
 	return append([]receivedSpan(nil), r.got...)
 }
+
+// TestNoExporterSpanContext: without an exporter no span is made, but the handler's context
+// carries a span context that continues the producer's trace (sampled as the provider
+// would decide, tracestate kept) or starts a new one, and the tracker knows it for logs
+// and published messages until after the outcome.
+func TestNoExporterSpanContext(t *testing.T) {
+	tel, err := New(context.Background(), Config{Enabled: true, Logger: quiet(), Getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	tr := tel.NewTracker("fleet@test")
+	var sc trace.SpanContext
+	var recording bool
+	h := tr.Middleware(tasks.HandlerFunc(func(ctx context.Context, r *tasks.Request) (any, error) {
+		sc = trace.SpanContextFromContext(ctx)
+		recording = trace.SpanFromContext(ctx).IsRecording()
+		return nil, nil
+	}))
+	tests := []struct {
+		id      string
+		headers map[string]any
+		parent  bool
+	}{
+		{"child", map[string]any{"traceparent": traceparent, "tracestate": "vendor=x"}, true},
+		{"root", nil, false},
+	}
+	for _, tc := range tests {
+		_, _ = h.ServeTask(context.Background(), request(tc.id, tc.headers))
+		if !sc.IsValid() || recording {
+			t.Fatalf("%s: span context %v valid=%v recording=%v", tc.id, sc, sc.IsValid(), recording)
+		}
+		if got := sc.TraceID().String() == producerTrace; got != tc.parent {
+			t.Errorf("%s: trace %s, continues the producer's = %v, want %v", tc.id, sc.TraceID(), got, tc.parent)
+		}
+		if sc.SpanID().String() == producerSpan || !sc.IsSampled() {
+			t.Errorf("%s: span id %s sampled %v", tc.id, sc.SpanID(), sc.IsSampled())
+		}
+		if tc.parent && sc.TraceState().Get("vendor") != "x" {
+			t.Errorf("%s: tracestate %q lost", tc.id, sc.TraceState())
+		}
+		if got, ok := tr.SpanContext(tc.id); !ok || !got.Equal(sc) {
+			t.Errorf("%s: tracker has %v (%v) while open", tc.id, got, ok)
+		}
+		tr.TaskSucceeded(info(tc.id), 0, nil)
+		if got, ok := tr.SpanContext(tc.id); !ok || !got.Equal(sc) {
+			t.Errorf("%s: tracker has %v (%v) after the outcome", tc.id, got, ok)
+		}
+	}
+	if tr.Open() != 0 {
+		t.Fatalf("%d spans left open", tr.Open())
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"denis.io/fleet/internal/broker"
@@ -86,7 +85,7 @@ func (w *Worker) applySignature(j *job, s protocol.Signature, args []any, option
 	if err != nil {
 		return nil, err
 	}
-	log := w.log.With("task_id", t.ID, "task", t.Name)
+	log := w.taskLog("task_id", t.ID, "task", t.Name)
 	ctx, cancel := context.WithTimeout(w.runCtx, 60*time.Second)
 	defer cancel()
 	for _, cs := range ap.ChordSizes {
@@ -136,7 +135,7 @@ func (w *Worker) route(og protocol.Outgoing) broker.Publishing {
 
 // publishWithRetry publishes m (confirmed), retrying transient failures with backoff
 // until ctx ends.
-func (w *Worker) publishWithRetry(ctx context.Context, p broker.Publishing, m *protocol.Message, log *slog.Logger) error {
+func (w *Worker) publishWithRetry(ctx context.Context, p broker.Publishing, m *protocol.Message, log *taskLog) error {
 	p.Message = m
 	return retryFor(ctx, 30*time.Second, log, "publishing to "+p.Exchange+"/"+p.RoutingKey, func() error {
 		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -155,7 +154,7 @@ type chordPart struct {
 
 // chordPart counts the task as a finished part of its chord (when it is a chord header
 // task) and, for the part that completes it, sends the body or fails it.
-func (w *Worker) chordPart(j *job, state string, res any, log *slog.Logger) {
+func (w *Worker) chordPart(j *job, state string, res any, log *taskLog) {
 	t := j.t
 	if t.Embed.Chord == nil || t.Group == "" {
 		return
@@ -167,7 +166,7 @@ func (w *Worker) chordPart(j *job, state string, res any, log *slog.Logger) {
 // step failed on its behalf): count it, and once the header is complete send the body with
 // the header results as its first argument, or fail the body with ChordError and send its
 // errbacks.
-func (w *Worker) chordPartFor(j *job, p chordPart, state string, res any, log *slog.Logger) {
+func (w *Worker) chordPartFor(j *job, p chordPart, state string, res any, log *taskLog) {
 	log = log.With("chord_group", p.group)
 	if w.chords == nil {
 		log.Error("chord part not counted: " + errNoChords.Error())
@@ -208,7 +207,7 @@ func (w *Worker) chordPartFor(j *job, p chordPart, state string, res any, log *s
 // failChordBody is Celery's chord_error_from_stack: the body's errbacks are sent (as a
 // group, with the body's id as argument) and the body is marked FAILURE with the
 // ChordError.
-func (w *Worker) failChordBody(j *job, body protocol.Signature, cerr *result.ChordError, log *slog.Logger) {
+func (w *Worker) failChordBody(j *job, body protocol.Signature, cerr *result.ChordError, log *taskLog) {
 	bodyID := body.ID()
 	if ebs := body.Options["link_error"]; ebs != nil {
 		sigs, err := signatures(ebs)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -23,10 +22,14 @@ type outcome struct {
 	err   error
 }
 
-// execute runs one due task in a slot and records its outcome before settling the delivery.
-func (w *Worker) execute(j *job) {
+// execute runs one due task in a slot and records its outcome before settling the
+// delivery. release frees the slot: it is called as soon as the handler has returned (or
+// was abandoned) and a recording place is free, so that the next task runs while this
+// one's outcome is recorded and its delivery settled; the delivery still counts against
+// the prefetch until it is settled.
+func (w *Worker) execute(j *job, release func()) {
 	t, d, tc := j.t, j.d, j.tc
-	log := w.log.With("task_id", t.ID, "task", t.Name, "queue", d.Queue, "retries", t.Retries)
+	log := w.taskLog("task_id", t.ID, "task", t.Name, "queue", d.Queue, "retries", t.Retries)
 
 	// Just before running, the revoked and expired check runs again (Celery does too).
 	if reason := w.revokedReason(w.runCtx, j); reason != "" {
@@ -80,7 +83,7 @@ func (w *Worker) execute(j *job) {
 		hardC = ht.C
 	}
 	done := make(chan outcome, 1)
-	go w.runHandler(taskCtx, j, done, log)
+	w.goPooled(func() { w.runHandler(taskCtx, j, done, log) })
 
 	var o outcome
 	var stopped error // tasks.ErrTimeLimitExceeded or tasks.ErrTerminated
@@ -104,6 +107,9 @@ func (w *Worker) execute(j *job) {
 	}
 	runtime := time.Since(j.started)
 	w.active.Add(-1)
+	w.runners.recording <- struct{}{} // bounded: the slot is kept until a place is free
+	defer func() { <-w.runners.recording }()
+	release()
 	w.processed.Add(1)
 	w.mu.Lock()
 	w.totals[t.Name]++
@@ -134,7 +140,7 @@ func (w *Worker) execute(j *job) {
 
 // runHandler runs the handler and delivers its outcome; an abandoned handler's outcome is
 // logged and dropped.
-func (w *Worker) runHandler(ctx context.Context, j *job, done chan<- outcome, log *slog.Logger) {
+func (w *Worker) runHandler(ctx context.Context, j *job, done chan<- outcome, log *taskLog) {
 	v, err := w.run(ctx, j)
 	done <- outcome{v, err}
 	if !j.handler.CompareAndSwap(handlerRunning, handlerDone) {
@@ -153,7 +159,7 @@ func errString(err error) string {
 // timeLimits returns the hard and soft limits: the message's timelimit header [hard,
 // soft], each absent element taken from the task's configuration.
 func (w *Worker) timeLimits(j *job) (hard, soft time.Duration) {
-	hard, soft = j.tc.TimeLimit, j.tc.SoftTimeLimit
+	hard, soft = w.taskTimeLimits(j) // a time_limit override, else the task's settings
 	if p := j.t.TimeLimit[0]; p != nil && *p > 0 {
 		hard = time.Duration(*p * float64(time.Second))
 	}
@@ -195,7 +201,7 @@ type panicError struct {
 func (p *panicError) Error() string { return fmt.Sprintf("task panicked: %v", p.value) }
 
 // finish records a handler's outcome: success, retry, rejection or failure.
-func (w *Worker) finish(j *job, info *TaskInfo, o outcome, runtime time.Duration, log *slog.Logger) {
+func (w *Worker) finish(j *job, info *TaskInfo, o outcome, runtime time.Duration, log *taskLog) {
 	t, tc := j.t, j.tc
 	var retry *tasks.RetryError
 	var reject *tasks.RejectError
@@ -232,7 +238,7 @@ func deadLetterIf(on bool, reason string) string {
 
 // succeed publishes the callbacks and the next chain step, stores SUCCESS, counts the
 // chord part and acks (Celery's trace order).
-func (w *Worker) succeed(j *job, info *TaskInfo, value any, runtime time.Duration, log *slog.Logger) {
+func (w *Worker) succeed(j *job, info *TaskInfo, value any, runtime time.Duration, log *taskLog) {
 	t := j.t
 	encoded, err := protocol.MarshalJSON(value)
 	var retval any
@@ -267,7 +273,7 @@ func (w *Worker) succeed(j *job, info *TaskInfo, value any, runtime time.Duratio
 // storeOutcome records a final state unless the task ignores results. When it cannot be
 // recorded the message of an acks_late task is handed back (at-least-once) and false is
 // returned: the caller stops there.
-func (w *Worker) storeOutcome(j *job, status string, res any, tb string, children []any, log *slog.Logger) bool {
+func (w *Worker) storeOutcome(j *job, status string, res any, tb string, children []any, log *taskLog) bool {
 	if j.tc.IgnoreResult || j.t.IgnoreResult {
 		return true
 	}
@@ -295,7 +301,7 @@ func (w *Worker) settle(j *job) {
 
 // fail records FAILURE, counts the chord part, marks the pending chain steps failed, sends
 // the errbacks, and then dead-letters (reason != "") or acks the message.
-func (w *Worker) fail(j *job, info *TaskInfo, exc protocol.ExceptionInfo, tb, reason string, log *slog.Logger) {
+func (w *Worker) fail(j *job, info *TaskInfo, exc protocol.ExceptionInfo, tb, reason string, log *taskLog) {
 	t := j.t
 	if !w.storeOutcome(j, protocol.StateFailure, exc, tb, nil, log) {
 		return
@@ -321,7 +327,7 @@ func (w *Worker) fail(j *job, info *TaskInfo, exc protocol.ExceptionInfo, tb, re
 // failChain is the chain part of Celery's mark_as_failure: every pending chain step with
 // a frozen id is marked FAILURE too (so a waiting chain result does not stall), and a step
 // that belongs to a chord counts as a failed part of it.
-func (w *Worker) failChain(j *job, exc protocol.ExceptionInfo, tb string, log *slog.Logger) {
+func (w *Worker) failChain(j *job, exc protocol.ExceptionInfo, tb string, log *taskLog) {
 	for _, step := range j.t.Embed.Chain {
 		id := step.ID()
 		if id == "" {
@@ -367,7 +373,7 @@ func optInt(v any) *int {
 // retry publishes the task again as Celery's Task.retry does (same id, retries+1, eta,
 // parent_id, stamps and custom headers kept), confirmed, records RETRY and acks; once the
 // retries are used up the task fails instead.
-func (w *Worker) retry(j *job, info *TaskInfo, r *tasks.RetryError, log *slog.Logger) {
+func (w *Worker) retry(j *job, info *TaskInfo, r *tasks.RetryError, log *taskLog) {
 	t, tc := j.t, j.tc
 	retries := t.Retries + 1
 	maxRetries := tc.MaxRetries
@@ -482,7 +488,7 @@ func (w *Worker) retryRoute(d *broker.Delivery) broker.Publishing {
 
 // reject settles a message the handler rejected: requeued, or dead-lettered with reason
 // rejected (never dropped). Nothing is stored.
-func (w *Worker) reject(j *job, info *TaskInfo, r *tasks.RejectError, log *slog.Logger) {
+func (w *Worker) reject(j *job, info *TaskInfo, r *tasks.RejectError, log *taskLog) {
 	w.counters.rejected.Add(1)
 	log.Info("task rejected its message", "requeue", r.Requeue, "reason", errString(r.Reason))
 	w.obs.rejected(info, r.Requeue)
@@ -501,7 +507,7 @@ func (w *Worker) reject(j *job, info *TaskInfo, r *tasks.RejectError, log *slog.
 // finishRevoked handles a task that must not run (revoked or expired) or was terminated:
 // REVOKED stored (TaskRevokedError(reason)), counted as a chord part, message acked.
 func (w *Worker) finishRevoked(j *job, reason string, terminated bool) {
-	log := w.log.With("task_id", j.t.ID, "task", j.t.Name, "queue", j.d.Queue)
+	log := w.taskLog("task_id", j.t.ID, "task", j.t.Name, "queue", j.d.Queue)
 	exc := result.Revoked(reason)
 	if reason == result.RevokedReasonExpired {
 		w.counters.expired.Add(1)
@@ -584,12 +590,12 @@ func (w *Worker) store(rec result.Record) error {
 
 // storeWithRetry records a state, retrying a failing backend with backoff for up to about
 // 30 s (or until the worker stops waiting).
-func (w *Worker) storeWithRetry(rec result.Record, log *slog.Logger) error {
+func (w *Worker) storeWithRetry(rec result.Record, log *taskLog) error {
 	return retryFor(w.runCtx, 30*time.Second, log, "result backend write", func() error { return w.store(rec) })
 }
 
 // retryFor calls f until it succeeds, budget passes or ctx ends, with backoff.
-func retryFor(ctx context.Context, budget time.Duration, log *slog.Logger, what string, f func() error) error {
+func retryFor(ctx context.Context, budget time.Duration, log *taskLog, what string, f func() error) error {
 	backoff := 100 * time.Millisecond
 	deadline := time.Now().Add(budget)
 	for {
@@ -626,7 +632,7 @@ func (w *Worker) rejectUnknown(j *job) {
 	}
 	defer w.forget(j)
 	t := j.t
-	log := w.log.With("task_id", t.ID, "task", t.Name, "queue", j.d.Queue)
+	log := w.taskLog("task_id", t.ID, "task", t.Name, "queue", j.d.Queue)
 	log.Warn("unknown task: dead-lettering", "dlq", dlq.QueueName(j.d.Queue))
 	exc := result.NotRegistered(t.Name)
 	tb := fmt.Sprintf("Traceback (most recent call last):\n  Go worker %s\ncelery.exceptions.NotRegistered: %q\n", w.cfg.Hostname, t.Name)
@@ -651,7 +657,7 @@ func (w *Worker) rejectUndecodable(d *broker.Delivery, err error) {
 			excType = "ContentDisallowed"
 		}
 	}
-	log := w.log.With("queue", d.Queue, "reason", reason)
+	log := w.taskLog("queue", d.Queue, "reason", reason)
 	t := &protocol.Task{ReplyTo: d.Message.Properties.ReplyTo}
 	if de != nil {
 		t.ID, t.Name = de.TaskID, de.TaskName

@@ -91,7 +91,7 @@ func (w *Worker) redeliveryMode() string {
 // When the count cannot be read the job runs (at-least-once wins over the limit).
 func (w *Worker) checkRedeliveries(j *job) bool {
 	n, err := w.redeliveryCount(j)
-	log := w.log.With("task_id", j.t.ID, "task", j.t.Name, "queue", j.d.Queue)
+	log := w.taskLog("task_id", j.t.ID, "task", j.t.Name, "queue", j.d.Queue)
 	if err != nil {
 		log.Warn("could not count the redelivery; running the task", "error", err)
 		return false

@@ -80,7 +80,7 @@ func (w *Worker) Snapshot() Snapshot {
 		Hostname:         w.cfg.Hostname,
 		PID:              w.pid,
 		Started:          startedAt(w.started.Load()),
-		Queues:           append([]string(nil), w.cfg.Queues...),
+		Queues:           w.queueNames(),
 		Concurrency:      w.cfg.Concurrency,
 		Prefetch:         int(w.prefetchNow.Load()),
 		Processed:        w.processed.Load(),

@@ -28,7 +28,8 @@
 //
 // Seams for events, metrics and remote control: Config.Observers (one call per task
 // event), Snapshot (active, reserved and scheduled requests, totals, counters), Revoke
-// (with a pluggable RevokedStore) and SetFleetWideRateLimits.
+// (with a pluggable RevokedStore), SetFleetWideRateLimits, and the run-time changes of
+// consumers.go: AddConsumer, CancelConsumer, SetRateLimit, SetTimeLimit.
 package worker
 
 import (
@@ -131,7 +132,9 @@ type Worker struct {
 	obs      observers
 	started  atomic.Int64 // UnixNano when consuming began; 0 before
 
-	slots   chan struct{} // one token per concurrency slot
+	readyMu sync.Mutex
+	ready   readyQueue    // due jobs waiting for a concurrency slot (ready.go)
+	runners runners       // pooled goroutines of task runs (ready.go)
 	aborted chan struct{} // closed by Abort
 	abortMu sync.Once
 
@@ -154,6 +157,8 @@ type Worker struct {
 	processed atomic.Int64
 	active    atomic.Int64
 	counters  counters
+
+	rc runtimeControl // queues and limits changed by remote control (consumers.go)
 
 	onDelivery      []func(*broker.Delivery) // set before Run (OnDelivery)
 	counterFailedAt atomic.Int64             // UnixNano of the last failed counter bookkeeping call
@@ -182,7 +187,8 @@ func New(cfg Config, b broker.Broker, results result.Backend, reg *tasks.Registr
 		limiter:      cfg.RateLimiter,
 		revoked:      cfg.Revoked,
 		obs:          observers(cfg.Observers),
-		slots:        make(chan struct{}, cfg.Concurrency),
+		ready:        readyQueue{free: cfg.Concurrency},
+		runners:      newRunners(cfg.Concurrency),
 		aborted:      make(chan struct{}),
 		inflight:     make(map[*job]struct{}),
 		totals:       make(map[string]int64),
@@ -250,6 +256,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: consume %v: %w", w.cfg.Queues, err)
 	}
 	w.started.Store(time.Now().UnixNano())
+	defer close(w.runners.stop)
 	prefetchCtx, stopPrefetch := context.WithCancel(context.Background())
 	prefetchDone := make(chan struct{})
 	go func() {
@@ -268,7 +275,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	// 1. fetcher: stop at once; 2. reserved: hand back what was fetched but not started.
 	stopFetching()
-	handedBack := 0
+	handedBack := w.closeReady()
 drain:
 	for {
 		select {
@@ -353,6 +360,11 @@ func (w *Worker) receive(ctx context.Context, d *broker.Delivery) {
 	h, known := w.registry.Lookup(t.Name)
 	j := &job{d: d, t: t, tc: w.cfg.Tasks.For(t.Name), h: h, received: time.Now(), gone: make(chan struct{})}
 	w.mu.Lock()
+	if w.consumerCancelledLocked(d.Queue) {
+		w.mu.Unlock()
+		w.track(func() { w.requeue(d, "consumer cancelled") })
+		return
+	}
 	w.inflight[j] = struct{}{}
 	w.mu.Unlock()
 	if !known {
@@ -386,7 +398,7 @@ func (w *Worker) accept(ctx context.Context, j *job) {
 		w.schedule(ctx, j)
 		return
 	}
-	w.track(func() { w.runReady(ctx, j) })
+	w.runReady(ctx, j)
 }
 
 // revokedReason is "expired" or "revoked" for a task that must not run, "" otherwise.
@@ -521,44 +533,6 @@ func (w *Worker) prefetchLoop(ctx context.Context) {
 	}
 }
 
-// runReady runs a due task: it waits for its rate-limit turn (holding no slot), then for a
-// slot, and executes it.
-func (w *Worker) runReady(ctx context.Context, j *job) {
-	if j.state.Load() != stateOpen {
-		return
-	}
-	if w.limiter.Limited(j.t.Name) {
-		wait, err := w.limiter.Reserve(ctx, j.t.Name)
-		if err != nil {
-			w.handBack(j, "shutdown: waiting for its rate limit")
-			return
-		}
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				w.handBack(j, "shutdown: waiting for its rate limit")
-				return
-			case <-j.gone:
-				t.Stop()
-				return
-			}
-		}
-	}
-	select {
-	case w.slots <- struct{}{}:
-	case <-ctx.Done():
-		w.handBack(j, "shutdown: not started")
-		return
-	case <-j.gone:
-		return
-	}
-	defer func() { <-w.slots }()
-	w.execute(j)
-}
-
 func (w *Worker) track(f func()) {
 	w.wg.Add(1)
 	go func() {
@@ -652,6 +626,8 @@ type job struct {
 	raised   bool        // counted in the prefetch raise; guarded by Worker.mu
 	counted  atomic.Bool // its redelivery was counted by Config.Redeliveries
 
+	ti atomic.Pointer[TaskInfo] // info, made once
+
 	gone     chan struct{} // closed once the job was settled by someone else before it ran
 	goneOnce sync.Once
 
@@ -695,8 +671,20 @@ func (w *Worker) infoFor(j *job) *TaskInfo {
 	return j.info(w.cfg.Hostname)
 }
 
-// info describes the job for observers and snapshots.
+// info describes the job for observers and snapshots; it is made once per job (its
+// receivers only read it).
 func (j *job) info(hostname string) *TaskInfo {
+	if ti := j.ti.Load(); ti != nil {
+		return ti
+	}
+	ti := j.makeInfo(hostname)
+	if !j.ti.CompareAndSwap(nil, ti) {
+		return j.ti.Load()
+	}
+	return ti
+}
+
+func (j *job) makeInfo(hostname string) *TaskInfo {
 	t, d := j.t, j.d
 	ar, kr := t.ArgsRepr, t.KwargsRepr
 	if ar == "" {

@@ -26,6 +26,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/broker/coalesce"
 )
 
 // Options configure a Broker.
@@ -90,6 +91,10 @@ type Broker struct {
 	mu       sync.Mutex
 	consumer *consumer // the active Consume, if any
 	bgClosed bool      // no more background goroutines may start
+
+	ackOnce   sync.Once
+	acks      *coalesce.Coalescer[ackReq] // batched acks (ackbatch.go); nil until the first
+	multiAcks atomic.Int64                // basic.ack frames with multiple=true written
 }
 
 // link is one supervised connection: its supervisor goroutine owns the connection,
@@ -503,6 +508,7 @@ func (b *Broker) Close() error {
 	b.mu.Unlock()
 	b.bg.Wait()
 	b.closed.Store(true)
+	b.closeAcks()
 	b.log.Info("amqp: closed", "addr", b.addr)
 	return nil
 }

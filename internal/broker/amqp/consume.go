@@ -10,6 +10,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/broker/coalesce"
 )
 
 // handle is the Delivery.Handle of this transport: the consuming channel generation the
@@ -25,10 +26,12 @@ type consumer struct {
 	b      *Broker
 	ctx    context.Context
 	cancel func()
-	queues []string
 	out    chan *broker.Delivery
 
-	mu       sync.Mutex // guards prefetch and cur; taken before any consumeChan.mu
+	opMu sync.Mutex // serializes AddQueue and CancelQueue (consumers.go)
+
+	mu       sync.Mutex // guards queues, prefetch and cur; taken before any consumeChan.mu
+	queues   []broker.QueueSpec
 	prefetch int
 	cur      *consumeChan
 }
@@ -37,16 +40,25 @@ type consumer struct {
 type consumeChan struct {
 	gen     uint64
 	ch      *amqp091.Channel
-	tags    []string // consumer tags, parallel to consumer.queues
-	dels    []<-chan amqp091.Delivery
 	closes  <-chan *amqp091.Error
 	cancels <-chan string
+	ended   chan string   // a queue whose delivery stream ended unasked (consumers.go)
 	lost    chan struct{} // closed once the channel is unusable
+	pumps   sync.WaitGroup
 
-	mu        sync.Mutex // serializes every operation on ch
+	mu        sync.Mutex      // serializes every operation on ch
+	subs      map[string]*sub // basic.consume per queue, by queue name
+	tagSeq    uint64          // numbers the consumer tags of this generation
+	closing   bool            // consuming is ending: no new subscriptions
 	gone      bool
 	stopped   bool                // consuming ended: close ch once unsettled is empty
 	unsettled map[uint64]struct{} // handed to the caller, not yet settled
+
+	// Ack coalescing (ackbatch.go): every tag up to low is settled, above holds the
+	// settled tags beyond it; noCoalesce once above grew too large.
+	low        uint64
+	above      map[uint64]struct{}
+	noCoalesce bool
 }
 
 // Consume declares each queue as Celery does (direct exchange and durable queue of the same
@@ -61,9 +73,11 @@ func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-
 		return nil, fmt.Errorf("amqp: consume: negative prefetch %d", prefetch)
 	}
 	var qs []string
+	var specs []broker.QueueSpec
 	for _, q := range queues {
 		if !slices.Contains(qs, q) {
 			qs = append(qs, q)
+			specs = append(specs, broker.TaskQueue(q))
 		}
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -72,7 +86,7 @@ func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-
 		b:        b,
 		ctx:      cctx,
 		cancel:   func() { stop(); cancel() },
-		queues:   qs,
+		queues:   specs,
 		out:      make(chan *broker.Delivery),
 		prefetch: min(prefetch, maxPrefetch),
 	}
@@ -141,7 +155,7 @@ func (c *consumer) run(cc *consumeChan) {
 			if c.ctx.Err() != nil {
 				return
 			}
-			c.b.log.Warn("amqp: consuming channel lost, consuming again", "queues", c.queues, "chan_gen", cc.gen, "err", err)
+			c.b.log.Warn("amqp: consuming channel lost, consuming again", "queues", c.queueNames(), "chan_gen", cc.gen, "err", err)
 			cc = nil
 		}
 		s, err := c.b.cons.wait(c.ctx)
@@ -159,19 +173,19 @@ func (c *consumer) run(cc *consumeChan) {
 			}
 			failures++
 			delay := c.b.backoff(failures)
-			c.b.log.Error("amqp: consume setup failed", "queues", c.queues, "err", err, "retry_in", delay)
+			c.b.log.Error("amqp: consume setup failed", "queues", c.queueNames(), "err", err, "retry_in", delay)
 			if !sleep(c.ctx, delay) {
 				return
 			}
 			continue
 		}
 		failures = 0
-		c.b.log.Info("amqp: consuming again", "queues", c.queues, "chan_gen", cc.gen, "conn_gen", s.gen)
+		c.b.log.Info("amqp: consuming again", "queues", c.queueNames(), "chan_gen", cc.gen, "conn_gen", s.gen)
 	}
 }
 
 // setup opens a channel on s, declares the queues, applies QoS and starts one consumer
-// per queue.
+// per queue (each with its own consumer tag, so that CancelQueue can stop one).
 func (c *consumer) setup(s *session) (*consumeChan, error) {
 	ch, err := s.conn.Channel()
 	if err != nil {
@@ -183,98 +197,78 @@ func (c *consumer) setup(s *session) (*consumeChan, error) {
 		}
 		return nil, err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	cc := &consumeChan{
 		gen:       c.b.chanGen.Add(1),
 		ch:        ch,
 		closes:    ch.NotifyClose(make(chan *amqp091.Error, 1)),
-		cancels:   ch.NotifyCancel(make(chan string, len(c.queues))),
+		cancels:   ch.NotifyCancel(make(chan string, 1)),
+		ended:     make(chan string, 1),
 		lost:      make(chan struct{}),
+		subs:      make(map[string]*sub),
 		unsettled: make(map[uint64]struct{}),
 	}
 	for _, q := range c.queues {
-		if err := c.b.declareTaskQueue(ch, q); err != nil {
+		if err := c.b.declareQueue(ch, q); err != nil {
 			return fail(err)
 		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	// global=true as Celery sends it; RabbitMQ applies it per channel.
 	if err := ch.Qos(c.prefetch, 0, true); err != nil {
 		return fail(fmt.Errorf("basic.qos(prefetch %d): %w", c.prefetch, err))
 	}
-	for i, q := range c.queues {
-		tag := fmt.Sprintf("fleet-%d-%d", cc.gen, i)
-		dels, err := ch.Consume(q, tag, false, false, false, false, nil)
+	subs := make([]*sub, 0, len(c.queues))
+	for _, q := range c.queues {
+		sb, err := cc.subscribeLocked(q.Name)
 		if err != nil {
-			return fail(fmt.Errorf("basic.consume %q: %w", q, err))
+			return fail(err)
 		}
-		cc.tags = append(cc.tags, tag)
-		cc.dels = append(cc.dels, dels)
+		subs = append(subs, sb)
+	}
+	for _, sb := range subs {
+		c.startPump(cc, sb)
 	}
 	c.cur = cc
 	return cc, nil
 }
 
-// declareTaskQueue declares q exactly as Celery does (§3.1): exchange q (direct, durable),
-// queue q (durable, Options.QueueArguments[q]), bound with routing key q.
-func (b *Broker) declareTaskQueue(ch *amqp091.Channel, q string) error {
-	if err := ch.ExchangeDeclare(q, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %q: %w", q, err)
-	}
-	if _, err := ch.QueueDeclare(q, true, false, false, false, b.queueArgs[q]); err != nil {
-		return fmt.Errorf("declare queue %q: %w", q, err)
-	}
-	if err := ch.QueueBind(q, q, q, false, nil); err != nil {
-		return fmt.Errorf("bind queue %q: %w", q, err)
-	}
-	return nil
-}
-
-// serve forwards deliveries of one channel generation until the channel is lost or ctx
-// ends. On ctx end it cancels the consumers and requeues what it still holds.
+// serve waits until the channel generation is lost or ctx ends; the pumps forward its
+// deliveries meanwhile. On ctx end it cancels the consumers and requeues what it still
+// holds.
 func (c *consumer) serve(cc *consumeChan) error {
-	var wg sync.WaitGroup
-	for i, q := range c.queues {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.pump(cc, q, cc.dels[i])
-		}()
-	}
-	pumped := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(pumped)
-	}()
-
 	select {
 	case <-c.ctx.Done():
 		cc.cancelConsumers()
-		<-pumped
+		cc.pumps.Wait()
 		cc.stop()
-		c.b.log.Info("amqp: stopped consuming", "queues", c.queues, "chan_gen", cc.gen)
+		c.b.log.Info("amqp: stopped consuming", "queues", c.queueNames(), "chan_gen", cc.gen)
 		return nil
 	case err := <-cc.closes:
 		cc.markGone()
-		<-pumped
+		cc.pumps.Wait()
 		return fmt.Errorf("channel closed: %s", errString(err))
 	case tag := <-cc.cancels:
 		cc.markGone()
 		_ = cc.ch.Close()
-		<-pumped
+		cc.pumps.Wait()
 		return fmt.Errorf("consumer %s cancelled by the broker (queue deleted?)", tag)
-	case <-pumped:
+	case q := <-cc.ended:
 		cc.markGone()
 		_ = cc.ch.Close()
-		return errors.New("delivery streams ended")
+		cc.pumps.Wait()
+		return fmt.Errorf("delivery stream of %q ended", q)
 	}
 }
 
 // pump hands one queue's deliveries to the caller. Deliveries it cannot hand over because
-// ctx ended are requeued; those of a lost channel are already back in the queue.
-func (c *consumer) pump(cc *consumeChan, queue string, in <-chan amqp091.Delivery) {
-	for d := range in {
-		if c.ctx.Err() != nil {
+// ctx ended or the queue was cancelled are requeued; those of a lost channel are already
+// back in the queue.
+func (c *consumer) pump(cc *consumeChan, sb *sub) {
+	defer cc.pumps.Done()
+	defer close(sb.done)
+	for d := range sb.dels {
+		if c.ctx.Err() != nil || sb.cancelled() {
 			cc.requeueHeld(d.DeliveryTag)
 			continue
 		}
@@ -282,7 +276,7 @@ func (c *consumer) pump(cc *consumeChan, queue string, in <-chan amqp091.Deliver
 			continue
 		}
 		del := &broker.Delivery{
-			Queue:       queue,
+			Queue:       sb.queue,
 			Exchange:    d.Exchange,
 			RoutingKey:  d.RoutingKey,
 			Redelivered: d.Redelivered,
@@ -294,7 +288,16 @@ func (c *consumer) pump(cc *consumeChan, queue string, in <-chan amqp091.Deliver
 		case <-c.ctx.Done():
 			cc.untrack(d.DeliveryTag)
 			cc.requeueHeld(d.DeliveryTag)
+		case <-sb.stop:
+			cc.untrack(d.DeliveryTag)
+			cc.requeueHeld(d.DeliveryTag)
 		case <-cc.lost:
+		}
+	}
+	if c.ctx.Err() == nil && !sb.cancelled() {
+		select { // the stream ended without our basic.cancel: the channel is unusable
+		case cc.ended <- sb.queue:
+		default:
 		}
 	}
 }
@@ -321,17 +324,19 @@ func (cc *consumeChan) requeueHeld(tag uint64) {
 	defer cc.mu.Unlock()
 	if !cc.gone {
 		_ = cc.ch.Nack(tag, false, true) // on failure the channel is dying: RabbitMQ requeues
+		cc.settledLocked(tag)
 	}
 }
 
 func (cc *consumeChan) cancelConsumers() {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
+	cc.closing = true
 	if cc.gone {
 		return
 	}
-	for _, tag := range cc.tags {
-		if err := cc.ch.Cancel(tag, false); err != nil {
+	for _, sb := range cc.subs {
+		if err := cc.ch.Cancel(sb.tag, false); err != nil {
 			// Without the cancel the delivery streams would not end: drop the channel,
 			// which requeues everything it holds.
 			cc.gone = true
@@ -390,6 +395,7 @@ func (cc *consumeChan) settle(tag uint64, op func(*amqp091.Channel, uint64) erro
 		return fmt.Errorf("%w: %w", broker.ErrStaleDelivery, err)
 	}
 	delete(cc.unsettled, tag)
+	cc.settledLocked(tag)
 	closeNow := cc.stopped && len(cc.unsettled) == 0
 	if closeNow {
 		cc.gone = true
@@ -430,11 +436,28 @@ func (b *Broker) settle(ctx context.Context, d *broker.Delivery, op string, fn f
 	return nil
 }
 
-// Ack removes the delivery from its queue (basic.ack).
+// Ack removes the delivery from its queue (basic.ack). Acks made while others are being
+// written are written together, coalesced where that is exact (ackbatch.go); Ack returns
+// once its own ack is written.
 func (b *Broker) Ack(ctx context.Context, d *broker.Delivery) error {
-	return b.settle(ctx, d, "ack", func(ch *amqp091.Channel, tag uint64) error {
-		return ch.Ack(tag, false)
-	})
+	h, err := b.handleOf(d, "ack")
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("amqp: ack delivery %d: %w", h.tag, err)
+	}
+	acks := b.ackBatcher()
+	if acks == nil {
+		return broker.ErrClosed
+	}
+	if err := acks.Do(ctx, ackReq(h)); err != nil {
+		if errors.Is(err, coalesce.ErrClosed) {
+			err = broker.ErrStaleDelivery
+		}
+		return fmt.Errorf("amqp: ack delivery %d (channel gen %d): %w", h.tag, h.cc.gen, err)
+	}
+	return nil
 }
 
 // Requeue hands the delivery back to its queue (basic.nack with requeue); RabbitMQ

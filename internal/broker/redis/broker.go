@@ -15,6 +15,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"denis.io/fleet/internal/broker"
+	"denis.io/fleet/internal/broker/coalesce"
 	"denis.io/fleet/internal/protocol"
 )
 
@@ -72,9 +73,15 @@ type Broker struct {
 	mu       sync.Mutex
 	closed   bool
 	limit    int           // prefetch; 0 means unlimited
-	inflight int           // fetches in progress + unsettled deliveries
-	changed  chan struct{} // closed and replaced whenever limit or inflight change
+	inflight int           // slots reserved by fetches in progress + unsettled deliveries
+	wantFree int           // free slots the waiting fetch loop needs; 0: none waits
+	changed  chan struct{} // closed and replaced when the limit changes or wantFree is met
 	held     map[*lease]struct{}
+
+	acks *coalesce.Coalescer[string] // lease removals (Ack), batched
+	// consuming is the latest Consume's queue set, which AddQueue and CancelQueue change
+	// (consumers.go).
+	consuming *queueSet
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -132,7 +139,7 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 	}
 	life, cancel := context.WithCancel(context.Background())
 	sweepEvery := bound(vt/2, 100*time.Millisecond, time.Minute)
-	return &Broker{
+	b := &Broker{
 		client:       client,
 		keys:         keyspace{prefix: o.KeyPrefix, steps: slices.Clone(steps)},
 		vt:           vt,
@@ -145,7 +152,9 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 		cancelLife:   cancel,
 		changed:      make(chan struct{}),
 		held:         make(map[*lease]struct{}),
-	}, nil
+	}
+	b.acks = coalesce.New(b.flushAcks, maxAckBatch, ackTimeout)
+	return b, nil
 }
 
 func bound(d, lo, hi time.Duration) time.Duration {
@@ -245,13 +254,16 @@ func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-
 	cctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(b.life, cancel)
 	out := make(chan *broker.Delivery)
+	set := newQueueSet(qs)
+	forgetSet := b.consumeSet(set)
 	var loops sync.WaitGroup
 	loops.Add(2)
 	b.bg.Add(2)
 	go func() {
 		defer b.bg.Done()
 		defer loops.Done()
-		b.fetchLoop(cctx, qs, out)
+		defer forgetSet()
+		b.fetchLoop(cctx, set, out)
 	}()
 	go func() {
 		defer b.bg.Done()
@@ -291,44 +303,104 @@ func (b *Broker) signalLocked() {
 	b.changed = make(chan struct{})
 }
 
-// acquire reserves a slot for one fetch, waiting while the prefetch limit is reached.
-func (b *Broker) acquire(ctx context.Context) error {
+// maxFetch bounds the messages one fetch pops (and leases) at once; fetchLinger is how
+// long a fetch may wait for more free slots (see acquire).
+const (
+	maxFetch    = 64
+	fetchLinger = time.Millisecond
+)
+
+// acquire reserves slots for one fetch and returns how many (at most maxFetch). It waits
+// while the prefetch limit is reached. When only a few slots are free (less than a
+// quarter of the limit) it waits up to fetchLinger for more, so that under load one
+// fetch takes several messages in one round trip rather than one per settled delivery;
+// an idle slot waits no longer than that. linger is the fetch loop's reusable timer.
+func (b *Broker) acquire(ctx context.Context, linger *time.Timer) (int, error) {
+	lingered := false
 	for {
 		b.mu.Lock()
-		if b.limit <= 0 || b.inflight < b.limit {
-			b.inflight++
+		if b.limit <= 0 {
+			b.inflight += maxFetch
 			b.mu.Unlock()
-			return nil
+			return maxFetch, nil
+		}
+		free := b.limit - b.inflight
+		need := min(max(b.limit/4, 1), maxFetch)
+		if free >= need || (lingered && free > 0) {
+			n := min(free, maxFetch)
+			b.inflight += n
+			b.mu.Unlock()
+			return n, nil
+		}
+		wait := free > 0
+		if wait {
+			b.wantFree = need
+		} else {
+			b.wantFree = 1
 		}
 		ch := b.changed
 		b.mu.Unlock()
+		var fired <-chan time.Time
+		if wait {
+			linger.Reset(fetchLinger)
+			fired = linger.C
+		}
 		select {
 		case <-ch:
+		case <-fired:
+			lingered = true
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
+		}
+		if wait && !lingered {
+			linger.Stop()
 		}
 	}
 }
 
-func (b *Broker) release() {
+// release gives back n reserved slots.
+func (b *Broker) release(n int) {
+	if n <= 0 {
+		return
+	}
 	b.mu.Lock()
-	b.inflight--
-	b.signalLocked()
+	b.inflight -= n
+	b.freedLocked()
 	b.mu.Unlock()
 }
 
-func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *broker.Delivery) {
+// freedLocked wakes the fetch loop once enough slots are free for it (acquire).
+func (b *Broker) freedLocked() {
+	if b.wantFree > 0 && b.limit-b.inflight >= b.wantFree {
+		b.wantFree = 0
+		b.signalLocked()
+	}
+}
+
+func (b *Broker) fetchLoop(ctx context.Context, set *queueSet, out chan<- *broker.Delivery) {
 	defer close(out)
-	rr := &roundRobin{order: slices.Clone(queues)}
+	rr := &roundRobin{}
 	var bo backoff
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
 	idle := time.Duration(0) // the wait before the next poll while the queues are empty
 	for {
-		if ctx.Err() != nil || b.acquire(ctx) != nil {
+		if ctx.Err() != nil || !set.refresh(ctx, rr) {
 			return
 		}
-		d, popped, err := b.fetch(ctx, rr)
+		n, err := b.acquire(ctx, linger)
 		if err != nil {
-			b.release()
+			return
+		}
+		if !set.apply(rr) { // the last queue was cancelled while waiting for a slot
+			b.release(n)
+			continue
+		}
+		queues := rr.order
+		ds, skipped, err := b.fetch(ctx, rr, n)
+		b.release(n - len(ds)) // slots of elements not popped or left for a sweep
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -345,10 +417,9 @@ func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *bro
 		if bo.recover() {
 			b.log.Info("redis: fetching recovered", "queues", queues)
 		}
-		if d == nil {
-			b.release()
-			if popped {
-				continue // an element that could not be leased stays in unacked for a sweep
+		if len(ds) == 0 {
+			if skipped > 0 {
+				continue // elements that could not be leased stay in unacked for a sweep
 			}
 			idle = min(max(2*idle, minPoll), b.poll)
 			if !sleep(ctx, idle) {
@@ -357,66 +428,83 @@ func (b *Broker) fetchLoop(ctx context.Context, queues []string, out chan<- *bro
 			continue
 		}
 		idle = 0
-		delivered := false
-		if ctx.Err() == nil {
-			select {
-			case out <- d:
-				delivered = true
-			case <-ctx.Done():
-			}
-		}
-		if !delivered {
-			l := d.Handle.(*lease)
-			gctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
-			err := b.giveBack(gctx, l)
-			cancel()
-			if err != nil {
-				b.log.Error("redis: could not restore an undelivered message at consumer stop; a sweep will restore it",
-					"tag", l.tag, "queue", l.queue, "err", err)
-			}
+		// Hands the batch over; messages of a queue cancelled meanwhile, or all that are
+		// left once ctx ends, are given back.
+		if !set.handOver(ctx, b, out, ds) {
 			return
 		}
 	}
 }
 
-// fetch pops and leases one message in one atomic step (fetchScript); it returns nil
-// when every list is empty. The Redis call runs without ctx's cancellation so that a
-// popped message is never dropped on the floor by a cancelled read.
-func (b *Broker) fetch(ctx context.Context, rr *roundRobin) (d *broker.Delivery, popped bool, err error) {
-	keys, owner := b.keys.fetchKeys(rr.order)
+// giveBackAll restores deliveries fetched but not handed out when the consumer stops.
+func (b *Broker) giveBackAll(ds []*broker.Delivery) {
+	gctx, cancel := context.WithTimeout(context.Background(), shutdownBudget)
+	defer cancel()
+	for _, d := range ds {
+		l := d.Handle.(*lease)
+		if err := b.giveBack(gctx, l); err != nil {
+			b.log.Error("redis: could not restore an undelivered message at consumer stop; a sweep will restore it",
+				"tag", l.tag, "queue", l.queue, "err", err)
+		}
+	}
+}
+
+// fetch pops and leases up to n messages in one atomic step (fetchScript) and returns
+// them in the order popped; deliveries is empty when every list was empty. An element
+// that was popped but could not be made a delivery (its lease stays in unacked for a
+// sweep) is left out and counted in skipped. The Redis call runs without ctx's
+// cancellation so that a popped message is never dropped on the floor by a cancelled
+// read.
+func (b *Broker) fetch(ctx context.Context, rr *roundRobin, n int) (deliveries []*broker.Delivery, skipped int, err error) {
+	order := slices.Clone(rr.order)
+	keys, _ := b.keys.fetchKeys(order)
 	rctx := context.WithoutCancel(ctx)
 	scriptKeys := make([]string, 0, len(keys)+2)
 	scriptKeys = append(scriptKeys, b.keys.unacked(), b.keys.unackedIndex())
 	scriptKeys = append(scriptKeys, keys...)
-	args := make([]any, 0, len(owner)+2)
-	args = append(args, nowScore(), newTag())
-	for _, q := range owner {
+	args := make([]any, 0, len(order)+4)
+	args = append(args, nowScore(), n, newTag(), len(order))
+	for _, q := range order {
 		args = append(args, q)
 	}
 	res, err := fetchScript.Run(rctx, b.client, scriptKeys, args...).Slice()
 	if errors.Is(err, goredis.Nil) {
-		return nil, false, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("redis: fetch from %v: %w", rr.order, err)
+		return nil, 0, fmt.Errorf("redis: fetch from %v: %w", order, err)
 	}
-	if len(res) != 5 {
-		return nil, true, fmt.Errorf("redis: fetch script returned %d values", len(res))
+	if len(res)%5 != 0 || len(res)/5 > n {
+		return nil, 0, fmt.Errorf("redis: fetch script returned %d values for at most %d messages", len(res), n)
 	}
-	i, ok1 := res[0].(int64)
-	item, ok2 := res[1].(string)
-	tag, ok3 := res[2].(string)
-	rec, ok4 := res[3].(string)
-	raw, ok5 := res[4].(int64)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || i < 1 || int(i) > len(keys) {
-		return nil, true, fmt.Errorf("redis: fetch script returned %v", res)
+	deliveries = make([]*broker.Delivery, 0, len(res)/5)
+	for v := res; len(v) > 0; v = v[5:] {
+		i, ok1 := v[0].(int64)
+		item, ok2 := v[1].(string)
+		tag, ok3 := v[2].(string)
+		rec, ok4 := v[3].(string)
+		raw, ok5 := v[4].(int64)
+		if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || i < 1 || int(i) > len(order) {
+			// Leased by the script but unreadable here: a sweep restores it.
+			b.log.Error("redis: fetch script returned an unexpected element; its lease is left for a sweep", "values", v[:5])
+			skipped++
+			continue
+		}
+		queue := order[i-1]
+		rr.rotate(queue)
+		var d *broker.Delivery
+		if raw == 0 {
+			d = b.adopt(ctx, queue, []byte(item), tag, []byte(rec))
+		} else {
+			d = b.adoptRaw(ctx, queue, []byte(item), tag)
+		}
+		if d == nil {
+			skipped++
+			continue
+		}
+		deliveries = append(deliveries, d)
 	}
-	queue := owner[i-1]
-	rr.rotate(queue)
-	if raw == 0 {
-		return b.adopt(ctx, queue, []byte(item), tag, []byte(rec)), true, nil
-	}
-	return b.adoptRaw(ctx, queue, []byte(item), tag), true, nil
+	return deliveries, skipped, nil
 }
 
 // adopt turns an envelope whose lease the fetch script recorded into a Delivery.
@@ -524,21 +612,23 @@ func (b *Broker) settled(l *lease, ok bool) {
 	if ok {
 		delete(b.held, l)
 		b.inflight--
-		b.signalLocked()
+		b.freedLocked()
 	} else {
 		l.settling = false
 	}
 	b.mu.Unlock()
 }
 
-// Ack removes the lease: MULTI ZREM unacked_index, HDEL unacked (kombu QoS.ack).
+// Ack removes the lease: MULTI ZREM unacked_index, HDEL unacked EXEC (kombu QoS.ack).
+// Acks made while another is in flight are removed together in the next MULTI/EXEC
+// (flushAcks); Ack returns once its own lease is removed.
 func (b *Broker) Ack(ctx context.Context, d *broker.Delivery) error {
 	l, err := b.claim(d)
 	if err != nil {
 		return err
 	}
 	defer b.ops.Done()
-	err = b.removeLease(ctx, l.tag)
+	err = b.acks.Do(ctx, l.tag)
 	b.settled(l, err == nil)
 	if err != nil {
 		return fmt.Errorf("redis: ack %s: %w", l.tag, err)
@@ -546,17 +636,40 @@ func (b *Broker) Ack(ctx context.Context, d *broker.Delivery) error {
 	return nil
 }
 
-func (b *Broker) removeLease(ctx context.Context, tag string) error {
-	var hdel *goredis.IntCmd
+// maxAckBatch bounds the leases one MULTI/EXEC removes; ackTimeout bounds its round trip.
+const (
+	maxAckBatch = 256
+	ackTimeout  = 10 * time.Second
+)
+
+// flushAcks removes the leases of tags in one transaction: ZREM of every tag from
+// unacked_index and an HDEL per tag from unacked (so that each tag's outcome is known).
+func (b *Broker) flushAcks(ctx context.Context, tags []string) []error {
+	members := make([]any, len(tags))
+	for i, t := range tags {
+		members[i] = t
+	}
+	hdels := make([]*goredis.IntCmd, len(tags))
 	_, err := b.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		p.ZRem(ctx, b.keys.unackedIndex(), tag)
-		hdel = p.HDel(ctx, b.keys.unacked(), tag)
+		p.ZRem(ctx, b.keys.unackedIndex(), members...)
+		for i, t := range tags {
+			hdels[i] = p.HDel(ctx, b.keys.unacked(), t)
+		}
 		return nil
 	})
-	if err == nil && hdel.Val() == 0 {
-		b.log.Warn("redis: lease was already gone when settled (restored by a sweep?); the message may run again", "tag", tag)
+	if err != nil {
+		errs := make([]error, len(tags))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
 	}
-	return err
+	for i, h := range hdels {
+		if h.Val() == 0 {
+			b.log.Warn("redis: lease was already gone when settled (restored by a sweep?); the message may run again", "tag", tags[i])
+		}
+	}
+	return nil
 }
 
 // Requeue atomically removes the lease and pushes the message, marked redelivered, onto
@@ -709,6 +822,7 @@ func (b *Broker) Close() error {
 
 	b.cancelLife() // stop fetching now
 	b.ops.Wait()   // public calls already under way finish
+	b.acks.Close()
 	b.bg.Wait()
 
 	b.mu.Lock()

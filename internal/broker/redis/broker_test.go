@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -461,11 +463,11 @@ func TestFetchLeasesUnreadableElementsAtomically(t *testing.T) {
 	q := queueName("rawlease")
 	f.rdb.LPush(ctx, f.prefix+q, "garbage \x00 element")
 	keys := []string{f.ks.unacked(), f.ks.unackedIndex(), f.prefix + q}
-	res, err := fetchScript.Run(ctx, f.rdb, keys, nowScore(), "ph-tag", q).Slice()
+	res, err := fetchScript.Run(ctx, f.rdb, keys, nowScore(), 8, "ph-tag", 1, q).Slice()
 	if err != nil || len(res) != 5 {
 		t.Fatalf("fetch script: %v %v", res, err)
 	}
-	if res[2] != "ph-tag" || res[4] != int64(1) || res[1] != "garbage \x00 element" {
+	if res[0] != int64(1) || res[2] != "ph-tag" || res[4] != int64(1) || res[1] != "garbage \x00 element" {
 		t.Fatalf("fetch script returned %v", res)
 	}
 	if n := f.llen(f.prefix + q); n != 0 {
@@ -714,5 +716,99 @@ func TestOddEnvelopes(t *testing.T) {
 	ack(t, b, d3)
 	if n := f.hlen(f.ks.unacked()) + f.zcard(f.ks.unackedIndex()) + f.llen(f.prefix+q); n != 0 {
 		t.Errorf("%d keys entries left", n)
+	}
+}
+
+// One fetch takes several messages in the order successive single fetches would:
+// priority-major over the consumed queues, the queue just taken from moving to the end
+// (kombu's round robin), every one leased in the same step.
+func TestFetchBatchOrder(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	b := f.broker(nil)
+	qa, qb := queueName("batch-a"), queueName("batch-b")
+	for _, p := range []struct {
+		q    string
+		id   string
+		prio uint8
+	}{{qa, "a0", 0}, {qa, "a1", 0}, {qa, "a2", 0}, {qb, "b0", 0}, {qb, "b1", 0}, {qa, "a9", 9}, {qb, "b5", 5}} {
+		f.publish(b, p.q, msg(p.id, p.prio))
+	}
+	rr := &roundRobin{order: []string{qa, qb}}
+	ds, skipped, err := b.fetch(ctx, rr, 10)
+	if err != nil || skipped != 0 {
+		t.Fatalf("fetch: %v (skipped %d)", err, skipped)
+	}
+	var got []string
+	for _, d := range ds {
+		got = append(got, idOf(d))
+	}
+	if want := "a0 b0 a1 b1 a2 b5 a9"; strings.Join(got, " ") != want {
+		t.Errorf("fetched %v, want %s", got, want)
+	}
+	if want := []string{qb, qa}; !slices.Equal(rr.order, want) {
+		t.Errorf("round robin after the batch: %v, want %v", rr.order, want)
+	}
+	if n := f.hlen(f.ks.unacked()); n != int64(len(ds)) {
+		t.Errorf("%d leases for %d deliveries", n, len(ds))
+	}
+	for _, d := range ds {
+		ack(t, b, d)
+	}
+	if n := f.hlen(f.ks.unacked()); n != 0 {
+		t.Errorf("%d leases left after acking", n)
+	}
+}
+
+// A fetch never takes more than asked, and ends after the element it leased under the
+// fresh tag (an element without a usable delivery_tag).
+func TestFetchBatchLimits(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	b := f.broker(nil)
+	q := queueName("batch-limit")
+	f.publish(b, q, msg("m1", 0))
+	f.rdb.LPush(ctx, f.prefix+q, "not an envelope")
+	f.publish(b, q, msg("m2", 0))
+	f.publish(b, q, msg("m3", 0))
+	rr := &roundRobin{order: []string{q}}
+	ds, _, err := b.fetch(ctx, rr, 10)
+	if err != nil || len(ds) != 2 || idOf(ds[0]) != "m1" {
+		t.Fatalf("first fetch: %d deliveries, %v", len(ds), err)
+	}
+	if ct := ds[1].Message.ContentType; ct != protocol.ContentTypeInvalidEnvelope {
+		t.Errorf("second delivery has content type %q, want the invalid-envelope marker", ct)
+	}
+	ds2, _, err := b.fetch(ctx, rr, 1)
+	if err != nil || len(ds2) != 1 || idOf(ds2[0]) != "m2" {
+		t.Fatalf("second fetch (limit 1): %d deliveries, %v", len(ds2), err)
+	}
+	if n := f.llen(f.prefix + q); n != 1 {
+		t.Errorf("%d left in the queue, want 1", n)
+	}
+	for _, d := range append(ds, ds2...) {
+		ack(t, b, d)
+	}
+}
+
+// Concurrent acks share round trips and each removes its own lease.
+func TestAckConcurrent(t *testing.T) {
+	f := newFixture(t)
+	b := f.broker(nil)
+	q := queueName("acks")
+	const n = 200
+	for i := range n {
+		f.publish(b, q, msg(fmt.Sprintf("m%d", i), 0))
+	}
+	ch, stop := f.consume(b, n, q)
+	defer stop()
+	var wg sync.WaitGroup
+	for range n {
+		d := recv(t, ch)
+		wg.Go(func() { ack(t, b, d) })
+	}
+	wg.Wait()
+	if h, z := f.hlen(f.ks.unacked()), f.zcard(f.ks.unackedIndex()); h != 0 || z != 0 {
+		t.Errorf("after acking everything: unacked %d, unacked_index %d", h, z)
 	}
 }

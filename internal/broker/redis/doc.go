@@ -14,7 +14,11 @@
 // Fetching runs a Lua script that pops from the first non-empty sub-list
 // (priority-major over all consumed queues, kombu's round robin between queues) and
 // records the lease in the same atomic step, so a message is at every instant either in
-// a list or in unacked: no crash can lose it. kombu instead blocks in BRPOP and records
+// a list or in unacked: no crash can lose it. One script call pops up to 64 messages
+// this way (as many as the prefetch limit leaves room for; when only a few slots are
+// free it waits up to 1 ms for more), each leased before the next is popped, in the
+// order single fetches would take them. Acks made while another is in flight are
+// removed together in one MULTI/EXEC; each Ack returns once its own lease is gone. kombu instead blocks in BRPOP and records
 // the lease afterwards, losing the message when the worker dies in between; this
 // package never uses BRPOP. While every list is empty it polls, the wait doubling from
 // 1 ms up to Options.PollInterval (50 ms by default), which bounds the pickup delay of

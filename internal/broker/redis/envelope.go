@@ -112,8 +112,8 @@ type wireEnvelope struct {
 // NaN/Infinity (which json.dumps writes) become null. A missing body_encoding means a
 // plain body.
 func decodeEnvelope(raw []byte) (*inEnvelope, error) {
-	var w wireEnvelope
-	if err := unmarshalPy(raw, &w); err != nil {
+	w, err := readEnvelope(raw)
+	if err != nil {
 		return nil, err
 	}
 	if w.Properties == nil {
@@ -155,6 +155,19 @@ func decodeEnvelope(raw []byte) (*inEnvelope, error) {
 		env.redelivered = true
 	}
 	return env, nil
+}
+
+// readEnvelope parses the envelope's JSON: the fast decoder when it can, else
+// encoding/json, which gives the same result.
+func readEnvelope(raw []byte) (*wireEnvelope, error) {
+	if w, err := fastDecodeEnvelope(raw); err == nil {
+		return w, nil
+	}
+	var w wireEnvelope
+	if err := unmarshalPy(raw, &w); err != nil {
+		return nil, err
+	}
+	return &w, nil
 }
 
 func decodeBody(raw json.RawMessage, encoding string) ([]byte, error) {

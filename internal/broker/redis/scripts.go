@@ -2,48 +2,80 @@ package redis
 
 import goredis "github.com/redis/go-redis/v9"
 
-// fetchScript pops one element from the first non-empty list and records its lease in
-// the same atomic step, so that no crash can lose a popped message: the message is always
-// either in a list or in unacked.
+// fetchScript pops up to ARGV[2] elements and records the lease of each in the same
+// atomic step, so that no crash can lose a popped message: the message is always either
+// in a list or in unacked. Each pop takes from the first non-empty list in
+// priority-major order, and the queue it came from moves to the end of the queue order
+// (kombu's round_robin_cycle), exactly as successive single fetches would.
 //
-//	KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] lists in priority-major order
-//	ARGV[1] now (epoch seconds), ARGV[2] a fresh tag for an element without a usable
-//	delivery_tag, ARGV[3..] the queue each list of KEYS[3..] belongs to
+//	KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] the lists: for each priority step,
+//	one per queue in the current queue order
+//	ARGV[1] now (epoch seconds), ARGV[2] the most elements to pop, ARGV[3] a fresh tag for
+//	an element without a usable delivery_tag, ARGV[4] the number of queues nq,
+//	ARGV[5..4+nq] the queue names in the current order
 //
-// Returns false when every list is empty, else {i, element, tag, record, raw}: i is the
-// 1-based position of the list among KEYS[3..]. raw is 0 when the element is a kombu
-// envelope with a delivery_tag (record is kombu's [envelope, exchange, routing_key]), 1
-// when Lua could not read one: the lease is then under ARGV[2] and its record holds the
-// element as a JSON string routed to its queue, until the caller replaces it.
+// Returns a flat array, five values per element popped: q, element, tag, record, raw. q is
+// the 1-based position of the element's queue in the order passed in. raw is 0 when the
+// element is a kombu envelope with a delivery_tag (record is kombu's [envelope, exchange,
+// routing_key]), 1 when Lua could not read one: the lease is then under ARGV[3] and its
+// record holds the element as a JSON string routed to its queue, until the caller
+// replaces it. At most one element per call is leased under the fresh tag: the call ends
+// after it.
 var fetchScript = goredis.NewScript(`
-for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
-    local tag, rec, raw = nil, nil, 0
-    local ok, env = pcall(cjson.decode, item)
-    if ok and type(env) == 'table' and type(env.properties) == 'table' then
-      local p = env.properties
-      if type(p.delivery_tag) == 'string' and p.delivery_tag ~= '' then
-        tag = p.delivery_tag
-        local ex, rk = '', ''
-        local di = p.delivery_info
-        if type(di) == 'table' then
-          if type(di.exchange) == 'string' then ex = di.exchange end
-          if type(di.routing_key) == 'string' then rk = di.routing_key end
+local nq = tonumber(ARGV[4])
+local want = tonumber(ARGV[2])
+local order, empty, out = {}, {}, {}
+for q = 1, nq do order[q] = q end
+local fresh = ARGV[3]
+local n = 0
+while n < want and fresh do
+  local item, q
+  for k = 3, #KEYS, nq do
+    for p = 1, nq do
+      local key = k + order[p] - 1
+      if not empty[key] then
+        item = redis.call('RPOP', KEYS[key])
+        if item then
+          q = order[p]
+          table.remove(order, p)
+          order[nq] = q
+          break
         end
-        rec = '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+        empty[key] = true
       end
     end
-    if not tag then
-      tag, raw = ARGV[2], 1
-      rec = '[' .. cjson.encode(item) .. ',"",' .. cjson.encode(ARGV[i]) .. ']'
-    end
-    redis.call('ZADD', KEYS[2], ARGV[1], tag)
-    redis.call('HSET', KEYS[1], tag, rec)
-    return {i - 2, item, tag, rec, raw}
+    if item then break end
   end
+  if not item then break end
+  local tag, rec, raw = nil, nil, 0
+  local ok, env = pcall(cjson.decode, item)
+  if ok and type(env) == 'table' and type(env.properties) == 'table' then
+    local pr = env.properties
+    if type(pr.delivery_tag) == 'string' and pr.delivery_tag ~= '' then
+      tag = pr.delivery_tag
+      local ex, rk = '', ''
+      local di = pr.delivery_info
+      if type(di) == 'table' then
+        if type(di.exchange) == 'string' then ex = di.exchange end
+        if type(di.routing_key) == 'string' then rk = di.routing_key end
+      end
+      rec = '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+    end
+  end
+  if not tag then
+    tag, raw, fresh = fresh, 1, nil
+    rec = '[' .. cjson.encode(item) .. ',"",' .. cjson.encode(ARGV[4 + q]) .. ']'
+  end
+  redis.call('ZADD', KEYS[2], ARGV[1], tag)
+  redis.call('HSET', KEYS[1], tag, rec)
+  out[#out + 1] = q
+  out[#out + 1] = item
+  out[#out + 1] = tag
+  out[#out + 1] = rec
+  out[#out + 1] = raw
+  n = n + 1
 end
-return false
+return out
 `)
 
 // restoreScript removes a lease and pushes its (redelivered) envelope onto the consuming

@@ -153,17 +153,33 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 	t0 := time.Now()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "start-kube.sh"), "start")
-	cmd.Env = append(os.Environ(),
-		"D="+c.Dir, "BIN="+bin, fmt.Sprintf("WATCH_PID=%d", os.Getpid()), fmt.Sprintf("KWOK_NODES=%d", opts.Nodes))
-	if c.ownDir {
-		cmd.Env = append(cmd.Env, "REMOVE_ON_EXIT=1")
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
+	// start-kube.sh picks free ports at random; another cluster starting at the same moment
+	// (test packages run in parallel) may take one first. Such a start is retried.
+	var out []byte
+	for attempt := 1; ; attempt++ {
+		cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "start-kube.sh"), "start")
+		cmd.Env = append(os.Environ(),
+			"D="+c.Dir, "BIN="+bin, fmt.Sprintf("WATCH_PID=%d", os.Getpid()), fmt.Sprintf("KWOK_NODES=%d", opts.Nodes))
+		if c.ownDir {
+			cmd.Env = append(cmd.Env, "REMOVE_ON_EXIT=1")
+		}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err = cmd.Output()
+		if err == nil {
+			break
+		}
 		c.stopProcesses()
+		if attempt < 4 && ctx.Err() == nil && strings.Contains(stderr.String(), "address already in use") {
+			c.log.Warn("kube: a port was taken while starting; starting again on new ports", "attempt", attempt)
+			if c.ownDir {
+				_ = os.RemoveAll(c.Dir)
+			}
+			if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+				return nil, fmt.Errorf("kube: state dir: %w", err)
+			}
+			continue
+		}
 		return nil, fmt.Errorf("kube: start-kube.sh: %w: %s", err, tail(stderr.String(), 20))
 	}
 	c.Kubeconfig = kubeconfigFrom(string(out))
