@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"denis.io/fleet/internal/broker"
 	"denis.io/fleet/internal/connect"
 	"denis.io/fleet/internal/protocol"
+	"denis.io/fleet/internal/worker"
 )
 
 // Real services; Redis DBs 5 and 6 belong to the observability tests.
@@ -380,5 +383,78 @@ func TestTaskEventBuffer(t *testing.T) {
 	}
 	if first := evs[0]["uuid"]; first != fmt.Sprint(d.dropped) {
 		t.Errorf("oldest kept event %v, want %d (the oldest are dropped)", first, d.dropped)
+	}
+}
+
+// TestObserverEvents: every task event the observer sends carries the common fields and
+// Celery's own, with the same values the general encoder gives the same fields.
+func TestObserverEvents(t *testing.T) {
+	eta := time.Date(2026, 11, 26, 12, 0, 0, 250000000, time.UTC)
+	info := &worker.TaskInfo{ID: "id-1", Name: "diag.add", ArgsRepr: "(2, 3)", KwargsRepr: "{'x': \"y\"}",
+		RootID: "root", Retries: 2, ETA: &eta, Queue: "q", Exchange: "ex", RoutingKey: "rk"}
+	exc := protocol.ExceptionInfo{Type: "RuntimeError", Module: "builtins", Message: []any{"boom"}}
+	base := func(typ string, extra map[string]any) map[string]any {
+		m := map[string]any{"type": typ, "hostname": "w@h", "pid": os.Getpid(), "utcoffset": UTCOffset(time.Now()),
+			"uuid": "id-1", "name": "diag.add", "queue": "q"}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	tests := []struct {
+		send func(TaskObserver)
+		want map[string]any
+	}{
+		{func(o TaskObserver) { o.TaskReceived(info) }, base("task-received", map[string]any{"args": "(2, 3)",
+			"kwargs": "{'x': \"y\"}", "root_id": "root", "parent_id": nil, "retries": 2,
+			"eta": "2026-11-26T12:00:00.250000+00:00", "expires": nil, "exchange": "ex", "routing_key": "rk"})},
+		{func(o TaskObserver) { o.TaskStarted(info) }, base("task-started", nil)},
+		{func(o TaskObserver) { o.TaskSucceeded(info, 1500*time.Millisecond, 5) },
+			base("task-succeeded", map[string]any{"result": "5", "runtime": 1.5})},
+		{func(o TaskObserver) { o.TaskFailed(info, exc, "tb\n") },
+			base("task-failed", map[string]any{"exception": "RuntimeError('boom')", "traceback": "tb\n"})},
+		{func(o TaskObserver) { o.TaskRetried(info, exc, "") },
+			base("task-retried", map[string]any{"exception": "RuntimeError('boom')", "traceback": ""})},
+		{func(o TaskObserver) { o.TaskRejected(info, true) }, base("task-rejected", map[string]any{"requeue": true})},
+		{func(o TaskObserver) { o.TaskRevoked(info, true, false) },
+			base("task-revoked", map[string]any{"terminated": true, "signum": 15, "expired": false})},
+		{func(o TaskObserver) { o.TaskRevoked(info, false, true) },
+			base("task-revoked", map[string]any{"terminated": false, "signum": nil, "expired": true})},
+	}
+	for _, tt := range tests {
+		d := New(nil, Config{Hostname: "w@h", TaskEvents: true, Logger: quietLogger()})
+		tt.send(d.Observer())
+		d.mu.Lock()
+		raw := append(d.cur, ']')
+		d.mu.Unlock()
+		var got []map[string]any
+		if err := json.Unmarshal(raw, &got); err != nil || len(got) != 1 {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		wantJSON, err := encodeEvents(tt.want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want map[string]any
+		if err := json.Unmarshal(wantJSON, &want); err != nil {
+			t.Fatal(err)
+		}
+		ev := got[0]
+		if _, ok := ev["clock"].(float64); !ok {
+			t.Errorf("%s: no clock", raw)
+		}
+		if ts, _ := ev["timestamp"].(float64); ts < float64(time.Now().Add(-time.Minute).Unix()) {
+			t.Errorf("%s: timestamp %v", raw, ev["timestamp"])
+		}
+		delete(ev, "clock")
+		delete(ev, "timestamp")
+		if !reflect.DeepEqual(ev, want) {
+			t.Errorf("%s:\n got %v\nwant %v", want["type"], ev, want)
+		}
+	}
+	d := New(nil, Config{Hostname: "w@h", TaskEvents: false, Logger: quietLogger()})
+	d.Observer().TaskStarted(info)
+	if d.queued != 0 {
+		t.Error("a task event was buffered while task events are disabled")
 	}
 }

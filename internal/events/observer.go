@@ -1,6 +1,7 @@
 package events
 
 import (
+	"strconv"
 	"syscall"
 	"time"
 
@@ -23,13 +24,17 @@ var _ worker.Observer = TaskObserver{}
 // Observer returns the worker.Observer that publishes through d.
 func (d *Dispatcher) Observer() TaskObserver { return TaskObserver{d: d} }
 
-func (o TaskObserver) send(typ string, i *worker.TaskInfo, extra ...field) {
-	if !o.d.taskOn.Load() {
-		return
-	}
-	var arr [16]field
-	fs := append(arr[:0], field{"uuid", i.ID}, field{"name", i.DisplayName()}, field{"queue", i.Queue})
-	o.d.taskEvent(typ, append(fs, extra...))
+// send buffers a task event of i: uuid, name and queue, then the fields write appends.
+func (o TaskObserver) send(typ string, i *worker.TaskInfo, write func([]byte) []byte) {
+	o.d.taskEventWith(typ, func(b []byte) []byte {
+		b = appendString(append(b, `, "uuid": `...), i.ID)
+		b = appendString(append(b, `, "name": `...), i.DisplayName())
+		b = appendString(append(b, `, "queue": `...), i.Queue)
+		if write != nil {
+			b = write(b)
+		}
+		return b
+	})
 }
 
 // TaskReceived sends task-received with Celery's fields: name, args and kwargs as repr
@@ -38,17 +43,26 @@ func (o TaskObserver) TaskReceived(i *worker.TaskInfo) {
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-received", i,
-		field{"args", i.ArgsRepr}, field{"kwargs", i.KwargsRepr},
-		field{"root_id", nullable(i.RootID)}, field{"parent_id", nullable(i.ParentID)}, field{"retries", i.Retries},
-		field{"eta", isoformat(i.ETA)}, field{"expires", isoformat(i.Expires)},
-		field{"exchange", i.Exchange}, field{"routing_key", i.RoutingKey})
+	o.send("task-received", i, func(b []byte) []byte {
+		b = appendString(append(b, `, "args": `...), i.ArgsRepr)
+		b = appendString(append(b, `, "kwargs": `...), i.KwargsRepr)
+		b = appendOptString(append(b, `, "root_id": `...), i.RootID)
+		b = appendOptString(append(b, `, "parent_id": `...), i.ParentID)
+		b = strconv.AppendInt(append(b, `, "retries": `...), int64(i.Retries), 10)
+		b = appendISO(append(b, `, "eta": `...), i.ETA)
+		b = appendISO(append(b, `, "expires": `...), i.Expires)
+		b = appendString(append(b, `, "exchange": `...), i.Exchange)
+		return appendString(append(b, `, "routing_key": `...), i.RoutingKey)
+	})
 }
 
 // TaskStarted sends task-started (its pid is the worker's, as Celery's is the main
 // process's).
 func (o TaskObserver) TaskStarted(i *worker.TaskInfo) {
-	o.send("task-started", i)
+	if !o.d.taskOn.Load() {
+		return
+	}
+	o.send("task-started", i, nil)
 }
 
 // TaskSucceeded sends task-succeeded with the result's repr and the runtime in seconds.
@@ -56,8 +70,11 @@ func (o TaskObserver) TaskSucceeded(i *worker.TaskInfo, runtime time.Duration, r
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-succeeded", i,
-		field{"result", protocol.SafeRepr(result, resultReprMax)}, field{"runtime", runtime.Seconds()})
+	repr := protocol.SafeRepr(result, resultReprMax)
+	o.send("task-succeeded", i, func(b []byte) []byte {
+		b = appendString(append(b, `, "result": `...), repr)
+		return appendFloat(append(b, `, "runtime": `...), runtime.Seconds())
+	})
 }
 
 // TaskFailed sends task-failed with the exception's repr and the traceback.
@@ -65,7 +82,7 @@ func (o TaskObserver) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo,
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-failed", i, field{"exception", excRepr(exc)}, field{"traceback", tb})
+	o.send("task-failed", i, excFields(exc, tb))
 }
 
 // TaskRetried sends task-retried with the exception's repr and the traceback.
@@ -73,22 +90,59 @@ func (o TaskObserver) TaskRetried(i *worker.TaskInfo, exc protocol.ExceptionInfo
 	if !o.d.taskOn.Load() {
 		return
 	}
-	o.send("task-retried", i, field{"exception", excRepr(exc)}, field{"traceback", tb})
+	o.send("task-retried", i, excFields(exc, tb))
+}
+
+func excFields(exc protocol.ExceptionInfo, tb string) func([]byte) []byte {
+	repr := excRepr(exc)
+	return func(b []byte) []byte {
+		b = appendString(append(b, `, "exception": `...), repr)
+		return appendString(append(b, `, "traceback": `...), tb)
+	}
 }
 
 // TaskRejected sends task-rejected.
 func (o TaskObserver) TaskRejected(i *worker.TaskInfo, requeue bool) {
-	o.send("task-rejected", i, field{"requeue", requeue})
+	if !o.d.taskOn.Load() {
+		return
+	}
+	o.send("task-rejected", i, func(b []byte) []byte {
+		return strconv.AppendBool(append(b, `, "requeue": `...), requeue)
+	})
 }
 
 // TaskRevoked sends task-revoked; a terminated task reports signum 15 (SIGTERM, what
 // Celery's revoke --terminate sends by default).
 func (o TaskObserver) TaskRevoked(i *worker.TaskInfo, terminated, expired bool) {
-	var signum any
-	if terminated {
-		signum = int(syscall.SIGTERM)
+	if !o.d.taskOn.Load() {
+		return
 	}
-	o.send("task-revoked", i, field{"terminated", terminated}, field{"signum", signum}, field{"expired", expired})
+	o.send("task-revoked", i, func(b []byte) []byte {
+		b = strconv.AppendBool(append(b, `, "terminated": `...), terminated)
+		b = append(b, `, "signum": `...)
+		if terminated {
+			b = strconv.AppendInt(b, int64(syscall.SIGTERM), 10)
+		} else {
+			b = append(b, "null"...)
+		}
+		return strconv.AppendBool(append(b, `, "expired": `...), expired)
+	})
+}
+
+// appendOptString writes s, or null when it is empty.
+func appendOptString(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, "null"...)
+	}
+	return appendString(b, s)
+}
+
+// appendISO writes isoformat(t) as a JSON string, or null.
+func appendISO(b []byte, t *time.Time) []byte {
+	if s, ok := isoformat(t).(string); ok {
+		return appendString(b, s)
+	}
+	return append(b, "null"...)
 }
 
 // TaskDeadLettered sends nothing: Celery has no such event (the failure or rejection
@@ -96,13 +150,6 @@ func (o TaskObserver) TaskRevoked(i *worker.TaskInfo, terminated, expired bool) 
 func (o TaskObserver) TaskDeadLettered(*worker.TaskInfo, string, string) {}
 
 func excRepr(exc protocol.ExceptionInfo) string { return ExceptionRepr(exc.Type, exc.Message) }
-
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
 
 // isoformat is Python's datetime.isoformat() of an aware datetime, or nil.
 func isoformat(t *time.Time) any {
