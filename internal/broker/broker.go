@@ -7,6 +7,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"time"
 
 	"denis.io/fleet/internal/protocol"
 )
@@ -103,6 +104,17 @@ type ConsumerController interface {
 	// to the broker. Deliveries already handed out stay the caller's to settle.
 	// Cancelling a queue that is not consumed does nothing.
 	CancelQueue(ctx context.Context, queue string) error
+}
+
+// ConsumerProbe is implemented by transports that can tell whether their running Consume
+// is working (a /readyz check). ConsumerAlive is the last time the consumer showed it
+// was: now while it is healthy (a fetch loop turning, polls coming back empty included,
+// or waiting for a free prefetch slot because the worker is busy; a consuming channel
+// open with its consumers registered), the moment it stopped working otherwise (a fetch
+// loop failing or stuck, a channel lost and not yet consumed again). The zero time means
+// no Consume is running.
+type ConsumerProbe interface {
+	ConsumerAlive() time.Time
 }
 
 // Unwrapper is implemented by broker decorators (tracing, …): Unwrap returns the broker

@@ -109,6 +109,8 @@ type envOpts struct {
 	queueArgs map[string]any
 	// prepare runs before the worker starts, with a broker of its own (closed after).
 	prepare func(t *testing.T, b broker.Broker, q string)
+	// before runs on the worker before Run (OnDelivery hooks).
+	before func(w *Worker)
 }
 
 // openBroker opens the broker of o for queue q.
@@ -181,6 +183,9 @@ func startEnv(t *testing.T, o envOpts) *env {
 	cfg.Observers = append(cfg.Observers, rec)
 	e := &env{q: q, b: b, rb: rb, c: c, rec: rec, opts: o, log: log, stopped: make(chan struct{})}
 	e.w = New(cfg, b, rb, reg)
+	if o.before != nil {
+		o.before(e.w)
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	e.stop = stop
 	go func() {

@@ -131,6 +131,9 @@ type Worker struct {
 	revoked  RevokedStore
 	obs      observers
 	started  atomic.Int64 // UnixNano when consuming began; 0 before
+	// dispatching is the UnixNano of the dispatch loop's last turn (it turns at least every
+	// dispatchTick); 0 while it does not run.
+	dispatching atomic.Int64
 
 	readyMu sync.Mutex
 	ready   readyQueue    // due jobs waiting for a concurrency slot (ready.go)
@@ -330,13 +333,22 @@ drain:
 	return nil
 }
 
+// dispatchTick is how often the dispatch loop proves it turns while no delivery comes.
+const dispatchTick = time.Second
+
 // dispatch reads deliveries until ctx is done or the channel closes. It never blocks on a
 // slot: the broker's prefetch bounds what is in progress.
 func (w *Worker) dispatch(ctx context.Context, deliveries <-chan *broker.Delivery) {
+	tick := time.NewTicker(dispatchTick)
+	defer tick.Stop()
+	w.dispatching.Store(time.Now().UnixNano())
+	defer w.dispatching.Store(0)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-tick.C:
+			w.dispatching.Store(now.UnixNano())
 		case d, ok := <-deliveries:
 			if !ok {
 				return
@@ -344,6 +356,27 @@ func (w *Worker) dispatch(ctx context.Context, deliveries <-chan *broker.Deliver
 			w.receive(ctx, d)
 		}
 	}
+}
+
+// ConsumerAlive is the last time the worker's consumer showed it was working (the
+// /readyz check): the older of its dispatch loop's last turn (at least every second,
+// with or without deliveries) and, when the transport can tell (broker.ConsumerProbe),
+// the transport's own answer: its fetch loop turning or its consuming channel open. A
+// stalled fetch loop, a channel lost and not consumed again, or a stuck dispatch loop
+// make it fall behind the clock. The zero time before consuming starts and once the
+// dispatch loop ended (shutdown).
+func (w *Worker) ConsumerAlive() time.Time {
+	d := w.dispatching.Load()
+	if d == 0 {
+		return time.Time{}
+	}
+	at := time.Unix(0, d)
+	if p, ok := broker.As[broker.ConsumerProbe](w.broker); ok {
+		if t := p.ConsumerAlive(); t.Before(at) {
+			at = t // older, or zero: the transport does not consume
+		}
+	}
+	return at
 }
 
 // receive decodes one delivery and routes it: dead-lettered, revoked, scheduled or

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"denis.io/fleet/internal/broker"
 	"denis.io/fleet/internal/protocol"
 	"denis.io/fleet/internal/tasks"
 )
@@ -367,5 +369,54 @@ func TestMemoryRevoked(t *testing.T) {
 	}
 	if len(m.order)-m.head > 4*3+1024+1 {
 		t.Fatalf("order grew to %d with one live id", len(m.order)-m.head)
+	}
+}
+
+// TestConsumerAlive: on both brokers the worker's consumer probe keeps up with the clock
+// while it consumes, idle or busy; it falls behind while the dispatch loop is stuck (here
+// in a blocking OnDelivery hook), catches up once it turns again, and is zero after Run.
+func TestConsumerAlive(t *testing.T) {
+	for _, amqp := range []bool{false, true} {
+		name := map[bool]string{false: "redis", true: "amqp"}[amqp]
+		t.Run(name, func(t *testing.T) {
+			block := make(chan struct{})
+			var blocked atomic.Bool
+			e := startEnv(t, envOpts{amqp: amqp, before: func(w *Worker) {
+				w.OnDelivery(func(d *broker.Delivery) {
+					if strings.Contains(string(d.Message.Body), "stuck-dispatch") {
+						blocked.Store(true)
+						<-block
+					}
+				})
+			}})
+			fresh := func(what string) {
+				t.Helper()
+				waitUntil(t, 10*time.Second, what, func() bool {
+					return time.Since(e.w.ConsumerAlive()) < dispatchTick+500*time.Millisecond
+				})
+			}
+			fresh("idle")
+			tk := task("diag.add", 2, 3)
+			e.send(t, tk)
+			e.meta(t, tk.ID, 10*time.Second, "SUCCESS")
+			fresh("after a task")
+
+			stuck := task("diag.echo", "stuck-dispatch")
+			e.send(t, stuck)
+			waitUntil(t, 10*time.Second, "dispatch blocked", blocked.Load)
+			time.Sleep(2*dispatchTick + 500*time.Millisecond)
+			if age := time.Since(e.w.ConsumerAlive()); age < 2*dispatchTick {
+				t.Errorf("dispatch stuck for %s: ConsumerAlive only %s old", 2*dispatchTick, age)
+			}
+			close(block)
+			e.meta(t, stuck.ID, 10*time.Second, "SUCCESS")
+			fresh("dispatching again")
+
+			e.stop()
+			<-e.stopped
+			if at := e.w.ConsumerAlive(); !at.IsZero() {
+				t.Errorf("after Run: %v", at)
+			}
+		})
 	}
 }

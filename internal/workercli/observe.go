@@ -152,7 +152,7 @@ func newObservability(ctx context.Context, o *Options, hostname string, raw brok
 	x.tasks = metrics.NewTaskMetrics(x.reg, hostname, celery)
 	x.wcoll = metrics.NewWorkerCollector(hostname, celery, x.workerState)
 	x.reg.MustRegister(x.wcoll)
-	x.health = metrics.NewHealth(max(30*time.Second, 10*x.freq()), x.ready)
+	x.health = metrics.NewHealth(x.consumerWindow(), x.ready)
 	x.health.Drain = x.requestDrain
 
 	if x.state != nil {
@@ -408,7 +408,9 @@ func (x *observability) stats() events.Stats {
 
 var errNotConsuming = errors.New("not consuming yet")
 
-// ready backs /readyz: the worker consumes, the broker is connected, and no drain is on.
+// ready backs /readyz: no drain is on, the broker is connected, and the consumer was alive
+// within the last consumerWindow (worker.ConsumerAlive: the dispatch loop turning and the
+// transport's fetch loop or consuming channel working).
 func (x *observability) ready(ctx context.Context) error {
 	switch {
 	case x.draining.Load():
@@ -418,6 +420,21 @@ func (x *observability) ready(ctx context.Context) error {
 	}
 	if h, ok := x.raw.(broker.Health); ok && !h.Connected(ctx) {
 		return errors.New("broker not connected")
+	}
+	return consumerLive(x.w.ConsumerAlive(), time.Now(), x.consumerWindow())
+}
+
+// consumerWindow is N of "consumer alive within the last N s": the /healthz silence
+// window, max(30 s, 10 heartbeat periods).
+func (x *observability) consumerWindow() time.Duration { return max(30*time.Second, 10*x.freq()) }
+
+// consumerLive is nil when the consumer was alive at most window before now.
+func consumerLive(alive, now time.Time, window time.Duration) error {
+	switch {
+	case alive.IsZero():
+		return errNotConsuming
+	case now.Sub(alive) > window:
+		return fmt.Errorf("consumer stalled: last alive %s ago (limit %s)", now.Sub(alive).Round(time.Second), window)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package workercli
 import (
 	"io"
 	"testing"
+	"time"
 )
 
 // TestObserveFlags: the observability options parse from flags and FLEET_* variables, with
@@ -47,5 +48,31 @@ func TestObserveFlags(t *testing.T) {
 		if err == nil && !tc.check(o) {
 			t.Errorf("%s: options %+v", tc.name, o.Observe)
 		}
+	}
+}
+
+// TestConsumerLive: /readyz's consumer check against its window.
+func TestConsumerLive(t *testing.T) {
+	now := time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		alive   time.Time
+		wantErr string
+	}{
+		{"never consumed", time.Time{}, "not consuming yet"},
+		{"alive now", now, ""},
+		{"alive at the window's edge", now.Add(-30 * time.Second), ""},
+		{"silent past the window", now.Add(-31 * time.Second), "consumer stalled: last alive 31s ago (limit 30s)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := consumerLive(tt.alive, now, 30*time.Second)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("got %v, want ready", err)
+			case tt.wantErr != "" && (err == nil || err.Error() != tt.wantErr):
+				t.Errorf("got %v, want %q", err, tt.wantErr)
+			}
+		})
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -34,6 +36,10 @@ type consumer struct {
 	queues   []broker.QueueSpec
 	prefetch int
 	cur      *consumeChan
+
+	// started is when Consume was called: the probe's answer until a channel generation
+	// is set up.
+	started time.Time
 }
 
 // consumeChan is one generation of the consuming channel.
@@ -46,13 +52,18 @@ type consumeChan struct {
 	lost    chan struct{} // closed once the channel is unusable
 	pumps   sync.WaitGroup
 
-	mu        sync.Mutex      // serializes every operation on ch
-	subs      map[string]*sub // basic.consume per queue, by queue name
-	tagSeq    uint64          // numbers the consumer tags of this generation
-	closing   bool            // consuming is ending: no new subscriptions
-	gone      bool
-	stopped   bool                // consuming ended: close ch once unsettled is empty
-	unsettled map[uint64]struct{} // handed to the caller, not yet settled
+	mu      sync.Mutex      // serializes every operation on ch
+	subs    map[string]*sub // basic.consume per queue, by queue name
+	tagSeq  uint64          // numbers the consumer tags of this generation
+	closing bool            // consuming is ending: no new subscriptions
+	gone    bool
+	// goneAt (unix nanoseconds, set with gone) and closedSeen (the first time the probe
+	// found ch closed while not gone) back ConsumerAlive without taking mu, which a
+	// blocked channel operation may hold.
+	goneAt     atomic.Int64
+	closedSeen atomic.Int64
+	stopped    bool                // consuming ended: close ch once unsettled is empty
+	unsettled  map[uint64]struct{} // handed to the caller, not yet settled
 
 	// Ack coalescing (ackbatch.go): every tag up to low is settled, above holds the
 	// settled tags beyond it; noCoalesce once above grew too large.
@@ -90,6 +101,7 @@ func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-
 		out:      make(chan *broker.Delivery),
 		prefetch: min(prefetch, maxPrefetch),
 	}
+	c.started = time.Now()
 
 	b.mu.Lock()
 	switch {
@@ -125,6 +137,42 @@ func (b *Broker) Consume(ctx context.Context, queues []string, prefetch int) (<-
 	return c.out, nil
 }
 
+var _ broker.ConsumerProbe = (*Broker)(nil)
+
+// ConsumerAlive implements broker.ConsumerProbe: now while the consuming channel is open
+// with its consumers registered (deliveries are pushed, so an open channel is a working
+// consumer), else the moment it was lost (or the consumer started, if no channel was
+// set up yet); the zero time when no Consume runs.
+func (b *Broker) ConsumerAlive() time.Time {
+	b.mu.Lock()
+	c := b.consumer
+	b.mu.Unlock()
+	if c == nil || c.ctx.Err() != nil {
+		return time.Time{}
+	}
+	c.mu.Lock()
+	cc := c.cur
+	c.mu.Unlock()
+	if cc == nil {
+		return c.started
+	}
+	return cc.aliveAt(time.Now())
+}
+
+// aliveAt is now while this generation consumes, else when it stopped: marked lost, or
+// first seen closed (serve marks a closed channel lost at once; a channel left closed
+// and unmarked is a stuck consumer, and its time stops advancing).
+func (cc *consumeChan) aliveAt(now time.Time) time.Time {
+	if at := cc.goneAt.Load(); at != 0 {
+		return time.Unix(0, at)
+	}
+	if cc.ch.IsClosed() {
+		cc.closedSeen.CompareAndSwap(0, now.UnixNano())
+		return time.Unix(0, cc.closedSeen.Load())
+	}
+	return now
+}
+
 func genOf(cc *consumeChan) uint64 {
 	if cc == nil {
 		return 0
@@ -155,6 +203,7 @@ func (c *consumer) run(cc *consumeChan) {
 			if c.ctx.Err() != nil {
 				return
 			}
+
 			c.b.log.Warn("amqp: consuming channel lost, consuming again", "queues", c.queueNames(), "chan_gen", cc.gen, "err", err)
 			cc = nil
 		}
@@ -352,6 +401,7 @@ func (cc *consumeChan) markGone() {
 	defer cc.mu.Unlock()
 	if !cc.gone {
 		cc.gone = true
+		cc.goneAt.Store(time.Now().UnixNano())
 		close(cc.lost)
 	}
 }

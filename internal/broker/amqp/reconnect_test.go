@@ -187,3 +187,49 @@ func TestConsumeSurvivesQueueDeletion(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestConsumerAlive: the probe is zero without a Consume, keeps up with the clock while
+// the consuming channel is open, stays at the moment of the loss while the connection is
+// down, catches up once consuming resumed, and is zero again after the Consume ends.
+func TestConsumerAlive(t *testing.T) {
+	a := newAdmin(t)
+	q := uniqueName(t, "alive")
+	a.cleanup(q)
+	proxy, b := proxied(t)
+	fresh := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Since(b.ConsumerAlive()) > 100*time.Millisecond {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: ConsumerAlive is %s old", what, time.Since(b.ConsumerAlive()))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if at := b.ConsumerAlive(); !at.IsZero() {
+		t.Fatalf("before Consume: %v", at)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dels, err := b.Consume(ctx, []string{q}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh("consuming")
+
+	proxy.Pause()
+	proxy.Cut()
+	time.Sleep(1500 * time.Millisecond)
+	if age := time.Since(b.ConsumerAlive()); age < time.Second {
+		t.Errorf("connection down for 1.5 s: ConsumerAlive only %s old", age)
+	}
+	proxy.Resume()
+	fresh("consuming again")
+
+	cancel()
+	for range dels {
+	}
+	if at := b.ConsumerAlive(); !at.IsZero() {
+		t.Errorf("after the Consume ended: %v", at)
+	}
+}

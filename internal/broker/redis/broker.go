@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -82,9 +83,37 @@ type Broker struct {
 	// consuming is the latest Consume's queue set, which AddQueue and CancelQueue change
 	// (consumers.go).
 	consuming *queueSet
+
+	probe fetchProbe // ConsumerAlive
 }
 
-var _ broker.Broker = (*Broker)(nil)
+var (
+	_ broker.Broker        = (*Broker)(nil)
+	_ broker.ConsumerProbe = (*Broker)(nil)
+)
+
+// fetchProbe records the fetch loop's progress for ConsumerAlive.
+type fetchProbe struct {
+	running atomic.Int32 // fetch loops running
+	waiting atomic.Int32 // fetch loops waiting for a free prefetch slot
+	turned  atomic.Int64 // unix nanoseconds of the last turn of a fetch loop
+}
+
+func (p *fetchProbe) turn() { p.turned.Store(time.Now().UnixNano()) }
+
+// ConsumerAlive implements broker.ConsumerProbe: now while a fetch loop waits for a free
+// slot (the worker is busy), else the last time a fetch loop turned (each fetch, empty
+// polls included, is a turn; a loop failing against Redis or stuck does not turn); the
+// zero time when no Consume runs.
+func (b *Broker) ConsumerAlive() time.Time {
+	switch {
+	case b.probe.running.Load() == 0:
+		return time.Time{}
+	case b.probe.waiting.Load() > 0:
+		return time.Now()
+	}
+	return time.Unix(0, b.probe.turned.Load())
+}
 
 // lease is a delivery this broker holds unsettled; it is the Delivery's Handle.
 type lease struct {
@@ -345,13 +374,17 @@ func (b *Broker) acquire(ctx context.Context, linger *time.Timer) (int, error) {
 			linger.Reset(fetchLinger)
 			fired = linger.C
 		}
+		b.probe.waiting.Add(1)
 		select {
 		case <-ch:
 		case <-fired:
 			lingered = true
 		case <-ctx.Done():
+			b.probe.waiting.Add(-1)
 			return 0, ctx.Err()
 		}
+		b.probe.waiting.Add(-1)
+		b.probe.turn()
 		if wait && !lingered {
 			linger.Stop()
 		}
@@ -379,6 +412,9 @@ func (b *Broker) freedLocked() {
 
 func (b *Broker) fetchLoop(ctx context.Context, set *queueSet, out chan<- *broker.Delivery) {
 	defer close(out)
+	b.probe.turn()
+	b.probe.running.Add(1)
+	defer b.probe.running.Add(-1)
 	rr := &roundRobin{}
 	var bo backoff
 	linger := time.NewTimer(time.Hour)
@@ -386,6 +422,7 @@ func (b *Broker) fetchLoop(ctx context.Context, set *queueSet, out chan<- *broke
 	defer linger.Stop()
 	idle := time.Duration(0) // the wait before the next poll while the queues are empty
 	for {
+		b.probe.turn()
 		if ctx.Err() != nil || !set.refresh(ctx, rr) {
 			return
 		}

@@ -812,3 +812,55 @@ func TestAckConcurrent(t *testing.T) {
 		t.Errorf("after acking everything: unacked %d, unacked_index %d", h, z)
 	}
 }
+
+// TestConsumerAlive: the probe is zero without a Consume, keeps up with the clock while
+// the fetch loop polls an empty queue and while it waits for a free slot (the worker holds
+// the prefetch), falls behind while Redis is unreachable, catches up once it is back, and
+// is zero again after the Consume ends.
+func TestConsumerAlive(t *testing.T) {
+	f := newFixture(t)
+	p := startProxy(t)
+	b := f.broker(func(o *Options) { o.URL = "redis://" + p.addr + "/12" })
+	direct := f.broker(nil)
+	q := queueName("alive")
+	fresh := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Since(b.ConsumerAlive()) > 500*time.Millisecond {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: ConsumerAlive %v is %s old", what, b.ConsumerAlive(), time.Since(b.ConsumerAlive()))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if at := b.ConsumerAlive(); !at.IsZero() {
+		t.Fatalf("before Consume: %v", at)
+	}
+	ch, cancel := f.consume(b, 1, q)
+	fresh("polling")
+	time.Sleep(time.Second)
+	fresh("still polling")
+
+	f.publish(direct, q, msg("held", 0))
+	f.publish(direct, q, msg("next", 0))
+	d := recv(t, ch) // prefetch 1: the loop now waits for this slot
+	time.Sleep(time.Second)
+	fresh("waiting for a slot")
+	ack(t, b, d)
+	ack(t, b, recv(t, ch))
+
+	p.down()
+	time.Sleep(1500 * time.Millisecond)
+	if age := time.Since(b.ConsumerAlive()); age < time.Second {
+		t.Errorf("Redis down for 1.5 s: ConsumerAlive only %s old", age)
+	}
+	p.up()
+	fresh("after Redis came back")
+
+	cancel()
+	for range ch {
+	}
+	if at := b.ConsumerAlive(); !at.IsZero() {
+		t.Errorf("after the Consume ended: %v", at)
+	}
+}
