@@ -93,13 +93,14 @@ type rssSampler struct {
 	root   int
 	mu     sync.Mutex
 	hwm    map[int]int64 // pid → highest VmHWM seen, KiB
+	anon   map[int]int64 // pid → highest RssAnon seen, KiB
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	nprocs int
 }
 
 func newRSSSampler(root int, every time.Duration) *rssSampler {
-	s := &rssSampler{root: root, hwm: make(map[int]int64), stop: make(chan struct{})}
+	s := &rssSampler{root: root, hwm: make(map[int]int64), anon: make(map[int]int64), stop: make(chan struct{})}
 	s.sample()
 	s.wg.Add(1)
 	go func() {
@@ -123,26 +124,33 @@ func (s *rssSampler) sample() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, pid := range pids {
-		if kb, ok := vmHWM(pid); ok && kb > s.hwm[pid] {
-			s.hwm[pid] = kb
+		hwm, anon, ok := procMem(pid)
+		if ok {
+			s.hwm[pid] = max(s.hwm[pid], hwm)
+			s.anon[pid] = max(s.anon[pid], anon)
 		}
 	}
 	s.nprocs = max(s.nprocs, len(pids))
 }
 
-// finish takes a last sample, stops sampling and returns the summed peak in MiB and the
-// largest number of processes seen at once.
-func (s *rssSampler) finish() (mib float64, procs int) {
+// finish takes a last sample, stops sampling and returns the summed peak RSS in MiB, the
+// summed peak of its anonymous part (the process's own memory: heap, stacks; the rest is
+// file-backed, mostly the program's mapped binary, shared and reclaimable) and the largest
+// number of processes seen at once.
+func (s *rssSampler) finish() (mib, anonMiB float64, procs int) {
 	s.sample()
 	close(s.stop)
 	s.wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var kb int64
+	var kb, anon int64
 	for _, v := range s.hwm {
 		kb += v
 	}
-	return float64(kb) / 1024, s.nprocs
+	for _, v := range s.anon {
+		anon += v
+	}
+	return float64(kb) / 1024, float64(anon) / 1024, s.nprocs
 }
 
 // processTree lists root and all its live descendants.
@@ -172,25 +180,36 @@ func children(pid int) []int {
 	return out
 }
 
-// vmHWM reads the peak resident set size (KiB) of pid.
-func vmHWM(pid int) (int64, bool) {
+// procMem reads the peak resident set size (VmHWM) and the current anonymous resident
+// memory (RssAnon) of pid, in KiB.
+func procMem(pid int) (hwm, anon int64, ok bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
+	field := func(line, name string) (int64, bool) {
+		rest, found := strings.CutPrefix(line, name)
+		if !found {
+			return 0, false
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			return 0, false
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		return kb, err == nil
+	}
+	var gotHWM bool
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 0 {
-				return 0, false
-			}
-			kb, err := strconv.ParseInt(f[0], 10, 64)
-			return kb, err == nil
+		if kb, found := field(line, "VmHWM:"); found {
+			hwm, gotHWM = kb, true
+		} else if kb, found := field(line, "RssAnon:"); found {
+			anon = kb
 		}
 	}
-	return 0, false
+	return hwm, anon, gotHWM
 }
 
 // goBuild builds main packages of the module into dir (each binary named after its
@@ -203,6 +222,7 @@ func goBuild(ctx context.Context, root, dir string, pkgs ...string) error {
 	args := append([]string{"build", "-trimpath", "-ldflags", "-s -w", "-o", dir + string(filepath.Separator)}, pkgs...)
 	cmd := exec.CommandContext(ctx, gobin, args...)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build and the image
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Run(); err != nil {

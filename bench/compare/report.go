@@ -50,6 +50,7 @@ type runResult struct {
 	DrainSeconds      float64            `json:"drain_s"`
 	TasksPerSec       float64            `json:"tasks_per_s"`
 	PeakRSSMiB        float64            `json:"peak_rss_mib"`
+	PeakAnonMiB       float64            `json:"peak_anon_mib"` // of it anonymous (RssAnon's peak)
 	Processes         int                `json:"processes"`
 	Consumed          int                `json:"consumed"` // verified consumed and settled (= N on success)
 	Criterion         string             `json:"criterion,omitempty"`
@@ -72,7 +73,8 @@ type cell struct {
 	MedianDrainS float64 `json:"median_drain_s"`
 	MedianRSSMiB float64 `json:"median_peak_rss_mib"`
 	MaxRSSMiB    float64 `json:"max_peak_rss_mib"`
-	ShortDrain   bool    `json:"short_drain"` // some run drained in less than --min-drain
+	MaxAnonMiB   float64 `json:"max_peak_anon_mib"` // the anonymous part's highest peak
+	ShortDrain   bool    `json:"short_drain"`       // some run drained in less than --min-drain
 }
 
 // ratioRow holds the medians' ratios of one broker × results cell (0: not measured).
@@ -109,7 +111,7 @@ func newReport(cfg *config, cs []contender, meta reportMeta) *report {
 			"each run: a fresh queue pre-filled with N diag.echo(i) messages shaped exactly like Python's send_task, then one contender process started on it",
 			"drain time: first message consumed → queue empty AND every delivery acked (Redis: LLEN of the priority sub-lists + HLEN unacked every 2 ms; RabbitMQ: messages_ready + messages_unacknowledged read inside the node every 2 ms); tasks/s = N / drain time",
 			"checked after the contender exits: queue empty (nothing came back unacked), no lease left, with results exactly N result keys; the ceiling's own ack count = N",
-			"peak RSS: VmHWM from /proc/<pid>/status, summed over the process and its children (Python prefork: main + pool), sampled every 100 ms",
+			"peak RSS: VmHWM from /proc/<pid>/status, summed over the process and its children (Python prefork: main + pool), sampled every 100 ms; of it anon: the highest RssAnon sampled, summed likewise; Go binaries are built static (CGO_ENABLED=0) as make build and the image build them",
 			"rounds interleave the contenders (order rotated each round); medians over rounds",
 			"obs-off / obs-on (--overhead): the worker with events, heartbeat, remote control, metrics server and tracing all off, and all on with every span exported over OTLP/HTTP to a receiver inside the driver",
 		},
@@ -153,7 +155,7 @@ func (r *report) summarize() {
 		for _, results := range cfg.Results {
 			for _, ci := range r.Contenders {
 				c := &cell{Broker: broker, Results: results, Contender: ci.Name}
-				var tps, rss, drains []float64
+				var tps, rss, anon, drains []float64
 				for _, x := range r.Runs {
 					if x.Broker != broker || x.Results != results || x.Contender != ci.Name {
 						continue
@@ -166,6 +168,7 @@ func (r *report) summarize() {
 					}
 					tps = append(tps, x.TasksPerSec)
 					rss = append(rss, x.PeakRSSMiB)
+					anon = append(anon, x.PeakAnonMiB)
 					drains = append(drains, x.DrainSeconds)
 					if cfg.MinDrain > 0 && x.DrainSeconds < cfg.MinDrain.Seconds() {
 						c.ShortDrain = true
@@ -174,7 +177,7 @@ func (r *report) summarize() {
 				if len(tps) > 0 {
 					c.MedianTPS, c.MinTPS, c.MaxTPS = median(tps), slices.Min(tps), slices.Max(tps)
 					c.MedianDrainS = median(drains)
-					c.MedianRSSMiB, c.MaxRSSMiB = median(rss), slices.Max(rss)
+					c.MedianRSSMiB, c.MaxRSSMiB, c.MaxAnonMiB = median(rss), slices.Max(rss), slices.Max(anon)
 				}
 				r.Cells = append(r.Cells, *c)
 				byKey[cellKey(broker, results, ci.Name)] = &r.Cells[len(r.Cells)-1]
@@ -236,13 +239,13 @@ func (r *report) print(out io.Writer) {
 	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "broker\tresults\tcontender\tN\ttasks/s\tmin–max\tdrain s\tpeak RSS MiB\truns\t")
+	fmt.Fprintln(tw, "broker\tresults\tcontender\tN\ttasks/s\tmin–max\tdrain s\tpeak RSS MiB\tof it anon\truns\t")
 	for _, c := range r.Cells {
 		if c.Runs == 0 {
 			continue
 		}
 		ns := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(uniq(c.N))), ","), "[]")
-		tps, rng, drain, rss := "-", "-", "-", "-"
+		tps, rng, drain, rss, anon := "-", "-", "-", "-", "-"
 		if c.MedianTPS > 0 {
 			tps = thousands(c.MedianTPS)
 			rng = thousands(c.MinTPS) + "–" + thousands(c.MaxTPS)
@@ -251,15 +254,17 @@ func (r *report) print(out io.Writer) {
 				drain += "*"
 			}
 			rss = fmt.Sprintf("%.1f", c.MaxRSSMiB)
+			anon = fmt.Sprintf("%.1f", c.MaxAnonMiB)
 		}
 		runs := fmt.Sprint(c.Runs - c.Failed)
 		if c.Failed > 0 {
 			runs += fmt.Sprintf(" (%d FAILED)", c.Failed)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Broker, c.Results, c.Contender, ns, tps, rng, drain, rss, runs)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Broker, c.Results, c.Contender, ns, tps, rng, drain, rss, anon, runs)
 	}
 	_ = tw.Flush()
-	fmt.Fprintln(out, "  tasks/s: median over rounds; peak RSS: the highest of the rounds; * a drain shorter than --min-drain")
+	fmt.Fprintln(out, "  tasks/s: median over rounds; peak RSS: the highest of the rounds; of it anon: the highest peak of its anonymous part\n"+
+		"  (heap, stacks; the rest is file-backed, mostly the mapped program binary); * a drain shorter than --min-drain")
 
 	fmt.Fprintf(out, "\nratios of medians (goal: %s)\n", r.Goal)
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)

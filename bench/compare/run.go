@@ -509,7 +509,7 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 		<-got
 		return fmt.Errorf("%s exited before draining the queue: %v", c.Name, p.err)
 	}
-	r.PeakRSSMiB, r.Processes = rss.finish()
+	r.PeakRSSMiB, r.PeakAnonMiB, r.Processes = rss.finish()
 	stopped = true
 	log.Debug("drained", "drain", d.Done.Sub(d.First), "since_start", time.Since(started))
 	if err := p.stop(stopSignal(c), stopGrace); err != nil {

@@ -57,6 +57,13 @@ type Fanout interface {
 	Subscribe(ctx context.Context, b Binding) (<-chan *protocol.Message, error)
 }
 
+// BatchBroadcaster is implemented by transports that send several broadcasts to one
+// exchange and routing key in a single round trip (Redis: pipelined PUBLISH), with
+// Broadcast's semantics for each message. Event dispatchers flushing a backlog use it.
+type BatchBroadcaster interface {
+	BroadcastBatch(ctx context.Context, ex Exchange, routingKey string, ms []*protocol.Message) error
+}
+
 // QueueStats is what a transport can tell about a queue without consuming from it.
 type QueueStats struct {
 	// Ready is the number of messages waiting, over all priorities.

@@ -434,10 +434,29 @@ func (d *Dispatcher) flush(ctx context.Context) {
 	if dropped > 0 {
 		d.log.Warn("task events dropped: publishing could not keep up", "dropped", dropped)
 	}
+	if bb, ok := d.fan.(broker.BatchBroadcaster); ok && len(batches) > 1 {
+		// A backlog (the broker was slower than the tasks for a moment): several
+		// task.multi messages per round trip.
+		for len(batches) > 0 {
+			n := min(len(batches), maxBatchesPerCall)
+			ms := make([]*protocol.Message, n)
+			for i, batch := range batches[:n] {
+				ms[i] = d.eventMessage(batch)
+			}
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+			d.published("task.multi", bb.BroadcastBatch(pctx, Exchange, "task.multi", ms))
+			cancel()
+			batches = batches[n:]
+		}
+		return
+	}
 	for _, batch := range batches {
 		d.publishEncoded(ctx, "task.multi", batch)
 	}
 }
+
+// maxBatchesPerCall bounds the task.multi messages sent in one BroadcastBatch call.
+const maxBatchesPerCall = 32
 
 // publish sends one event message: JSON body, content type application/json, delivery
 // mode 1 (transient) and the `hostname` header, as Celery's dispatcher does.
@@ -450,18 +469,29 @@ func (d *Dispatcher) publish(ctx context.Context, routingKey string, body any) {
 	d.publishEncoded(ctx, routingKey, data)
 }
 
-// publishEncoded sends one event message whose JSON body is data.
-func (d *Dispatcher) publishEncoded(ctx context.Context, routingKey string, data []byte) {
-	m := &protocol.Message{
+// eventMessage is an event message whose JSON body is data: content type
+// application/json, delivery mode 1 (transient) and the `hostname` header, as Celery's
+// dispatcher sends it.
+func (d *Dispatcher) eventMessage(data []byte) *protocol.Message {
+	return &protocol.Message{
 		ContentType:     "application/json",
 		ContentEncoding: "utf-8",
 		Properties:      protocol.Properties{DeliveryMode: 1},
 		Headers:         map[string]any{"hostname": d.cfg.Hostname},
 		Body:            data,
 	}
+}
+
+// publishEncoded sends one event message whose JSON body is data.
+func (d *Dispatcher) publishEncoded(ctx context.Context, routingKey string, data []byte) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 	defer cancel()
-	if err := d.fan.Broadcast(pctx, Exchange, routingKey, m); err != nil {
+	d.published(routingKey, d.fan.Broadcast(pctx, Exchange, routingKey, d.eventMessage(data)))
+}
+
+// published logs the first failure of a run of failed publishes and the recovery.
+func (d *Dispatcher) published(routingKey string, err error) {
+	if err != nil {
 		if !d.failing.Swap(true) {
 			d.log.Warn("publishing events failed; events are dropped until the broker is back", "routing_key", routingKey, "err", err)
 		}

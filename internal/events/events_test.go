@@ -458,3 +458,31 @@ func TestObserverEvents(t *testing.T) {
 		t.Error("a task event was buffered while task events are disabled")
 	}
 }
+
+// TestBacklogFlush: a backlog of several full task.multi batches (the broker was slower
+// than the tasks) is flushed in order and complete on both brokers: Redis sends it in
+// pipelined round trips (BroadcastBatch), AMQP one message after the other.
+func TestBacklogFlush(t *testing.T) {
+	for name, f := range fanouts(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			host := "evbacklog-" + randHex(4) + "@test"
+			evs := listen(t, ctx, f, host)
+			time.Sleep(200 * time.Millisecond) // the subscription is in place
+			d := New(f, Config{Hostname: host, TaskEvents: true, WithoutHeartbeat: true, Logger: quietLogger()})
+			const n = 5*DefaultBufferLimit + 7 // 5 full batches and a partial one
+			o := d.Observer()
+			for i := range n {
+				o.TaskStarted(&worker.TaskInfo{ID: fmt.Sprint(i), Name: "diag.add", Queue: "q"})
+			}
+			d.flush(ctx)
+			for i := range n {
+				ev := next(t, evs, "task-started", 10*time.Second)
+				if ev["uuid"] != fmt.Sprint(i) {
+					t.Fatalf("event %d: uuid %v (order lost)", i, ev["uuid"])
+				}
+			}
+		})
+	}
+}

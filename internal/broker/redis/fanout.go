@@ -59,6 +59,41 @@ func (b *Broker) Broadcast(ctx context.Context, ex broker.Exchange, key string, 
 	return nil
 }
 
+var _ broker.BatchBroadcaster = (*Broker)(nil)
+
+// BroadcastBatch is Broadcast of every message of ms, pipelined: one round trip for a
+// fanout or topic exchange (direct exchanges route each message as Broadcast does).
+func (b *Broker) BroadcastBatch(ctx context.Context, ex broker.Exchange, key string, ms []*protocol.Message) error {
+	if ex.Kind == broker.KindDirect {
+		for _, m := range ms {
+			if err := b.Broadcast(ctx, ex, key, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.ops.Done()
+	topic := b.fanoutTopic(ex.Name, key)
+	p := b.client.Pipeline()
+	for _, m := range ms {
+		if m == nil {
+			return errors.New("redis: broadcast: nil message")
+		}
+		env, err := encodeEnvelope(m, ex.Name, key, newTag())
+		if err != nil {
+			return fmt.Errorf("redis: broadcast to %s: encode: %w", ex.Name, err)
+		}
+		p.Publish(ctx, topic, env)
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		return fmt.Errorf("redis: broadcast %d messages to %s: %w", len(ms), topic, err)
+	}
+	return nil
+}
+
 // broadcastDirect routes m through the binding set of exchange (kombu's direct exchange
 // over Redis); with no queue bound the message is dropped, as kombu's pidbox replies are.
 func (b *Broker) broadcastDirect(ctx context.Context, exchange, key string, m *protocol.Message) error {
