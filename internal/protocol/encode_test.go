@@ -172,3 +172,31 @@ func TestExceptionFrom(t *testing.T) {
 		t.Errorf("%+v", e)
 	}
 }
+
+// TestFormatDateDone: Python's naive datetime.isoformat() of the UTC time, microseconds
+// only when non-zero, the same as Go's layout would give.
+func TestFormatDateDone(t *testing.T) {
+	tests := []struct {
+		in   time.Time
+		want string
+	}{
+		{time.Date(2026, 11, 27, 1, 2, 3, 0, time.UTC), "2026-11-27T01:02:03"},
+		{time.Date(2026, 11, 27, 1, 2, 3, 999, time.UTC), "2026-11-27T01:02:03"},
+		{time.Date(2026, 1, 9, 23, 59, 59, 1000, time.UTC), "2026-01-09T23:59:59.000001"},
+		{time.Date(2026, 12, 31, 0, 0, 0, 123456789, time.UTC), "2026-12-31T00:00:00.123456"},
+		{time.Date(2026, 6, 1, 12, 0, 0, 5e8, time.FixedZone("CEST", 2*3600)), "2026-06-01T10:00:00.500000"},
+		{time.Date(999, 3, 4, 5, 6, 7, 0, time.UTC), "0999-03-04T05:06:07"},
+	}
+	for _, tt := range tests {
+		if got := FormatDateDone(tt.in); got != tt.want {
+			t.Errorf("FormatDateDone(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+		layout := "2006-01-02T15:04:05.000000"
+		if tt.in.Nanosecond()/1000 == 0 {
+			layout = "2006-01-02T15:04:05"
+		}
+		if want := tt.in.UTC().Format(layout); FormatDateDone(tt.in) != want {
+			t.Errorf("FormatDateDone(%v) = %q, Go's layout gives %q", tt.in, FormatDateDone(tt.in), want)
+		}
+	}
+}

@@ -1,8 +1,8 @@
 package protocol
 
 import (
-	"bytes"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -128,10 +128,36 @@ func (m *ResultMeta) RPCBody() ([]byte, error) {
 // when it is zero.
 func FormatDateDone(t time.Time) string {
 	t = t.UTC()
-	if t.Nanosecond()/1000 == 0 {
-		return t.Format("2006-01-02T15:04:05")
+	var a [26]byte
+	b := appendDigits(a[:0], t.Year(), 4)
+	b = appendDigits(append(b, '-'), int(t.Month()), 2)
+	b = appendDigits(append(b, '-'), t.Day(), 2)
+	b = appendDigits(append(b, 'T'), t.Hour(), 2)
+	b = appendDigits(append(b, ':'), t.Minute(), 2)
+	b = appendDigits(append(b, ':'), t.Second(), 2)
+	if us := t.Nanosecond() / 1000; us != 0 {
+		b = appendDigits(append(b, '.'), us, 6)
 	}
-	return t.Format("2006-01-02T15:04:05.000000")
+	return string(b)
+}
+
+// appendDigits appends v (0 ≤ v < 10^width, or a year) zero-padded to width digits.
+func appendDigits(b []byte, v, width int) []byte {
+	if v < 0 || v >= pow10(width) {
+		return strconv.AppendInt(b, int64(v), 10) // outside the format's range: as is
+	}
+	for d := pow10(width - 1); d > 0; d /= 10 {
+		b = append(b, byte('0'+v/d%10))
+	}
+	return b
+}
+
+func pow10(n int) int {
+	p := 1
+	for range n {
+		p *= 10
+	}
+	return p
 }
 
 type resultMetaField struct {
@@ -142,26 +168,20 @@ type resultMetaField struct {
 // encodeResultObject writes an object with keys in the given order, using json.dumps' default
 // separators (", " and ": ") and MarshalJSON for the values.
 func encodeResultObject(fields []resultMetaField) ([]byte, error) {
-	var buf bytes.Buffer
-	buf.WriteByte('{')
+	e := pyEncoder{buf: make([]byte, 0, 256)}
+	e.buf = append(e.buf, '{')
 	for i, f := range fields {
 		if i > 0 {
-			buf.WriteString(", ")
+			e.buf = append(e.buf, ", "...)
 		}
-		k, err := MarshalJSON(f.key)
-		if err != nil {
-			return nil, fmt.Errorf("key %s: %w", f.key, err)
-		}
-		v, err := MarshalJSON(f.value)
-		if err != nil {
+		e.writeString(f.key)
+		e.buf = append(e.buf, ": "...)
+		if err := e.encode(f.value, 0); err != nil {
 			return nil, fmt.Errorf("%s: %w", f.key, err)
 		}
-		buf.Write(k)
-		buf.WriteString(": ")
-		buf.Write(v)
 	}
-	buf.WriteByte('}')
-	return buf.Bytes(), nil
+	e.buf = append(e.buf, '}')
+	return e.buf, nil
 }
 
 // resultMetaValue normalizes an exception so that a nil message list is written as [].

@@ -137,7 +137,13 @@ func New(getenv func(string) string, opts ...Option) (*Exporter, error) {
 			e.own = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
 		}
 		if cfg.tls != nil {
-			e.own.TLSClientConfig = cfg.tls
+			// Keep what the clone of the default transport has set (ALPN for HTTP/2).
+			if tc := e.own.TLSClientConfig; tc != nil {
+				tc.RootCAs, tc.Certificates = cfg.tls.RootCAs, cfg.tls.Certificates
+				tc.MinVersion = max(tc.MinVersion, cfg.tls.MinVersion)
+			} else {
+				e.own.TLSClientConfig = cfg.tls
+			}
 		}
 		e.client = &http.Client{Transport: e.own}
 	}
@@ -316,11 +322,12 @@ type HTTPError struct {
 }
 
 func newHTTPError(url string, resp *http.Response, body []byte) *HTTPError {
+	body = bytes.TrimSpace(body)
 	if len(body) > maxErrorBody {
 		body = body[:maxErrorBody]
 	}
 	return &HTTPError{URL: url, StatusCode: resp.StatusCode, Status: resp.Status,
-		Body: strings.ToValidUTF8(strings.TrimSpace(string(body)), string(utf8.RuneError))}
+		Body: strings.ToValidUTF8(string(body), string(utf8.RuneError))}
 }
 
 func (e *HTTPError) Error() string {
