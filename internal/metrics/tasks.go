@@ -36,8 +36,20 @@ type TaskMetrics struct {
 	runtime, wait                                            *prometheus.HistogramVec
 	outcomes, deadLettered                                   *prometheus.CounterVec
 
-	seen   sync.Map // name\x00queue → struct{}: counters zero-initialised
-	custom sync.Map // task id → outcome recorded by the handler
+	mu     sync.RWMutex
+	byTask map[seriesKey]*taskSeries // resolved series of each task name and queue
+	custom sync.Map                  // task id → outcome recorded by the handler
+}
+
+type seriesKey struct{ name, queue string }
+
+// taskSeries are the series of one task name and queue, looked up once (label hashing
+// per event would cost more than the increments). The celery_* ones are nil when those
+// metrics are off.
+type taskSeries struct {
+	received, started, succeeded, rejected, revoked, retried prometheus.Counter
+	runtime, wait                                            prometheus.Observer
+	success                                                  prometheus.Counter // fleet_task_outcomes_total{outcome="success"}
 }
 
 var _ worker.Observer = (*TaskMetrics)(nil)
@@ -45,7 +57,7 @@ var _ worker.Observer = (*TaskMetrics)(nil)
 // NewTaskMetrics registers the task series on reg. celery selects the celery-exporter
 // compatible series; turn it off where celery-exporter itself runs, so nobody counts twice.
 func NewTaskMetrics(reg prometheus.Registerer, nodename string, celery bool) *TaskMetrics {
-	m := &TaskMetrics{host: HostLabel(nodename), celery: celery}
+	m := &TaskMetrics{host: HostLabel(nodename), celery: celery, byTask: map[seriesKey]*taskSeries{}}
 	labels := []string{"name", "hostname", "queue_name"}
 	counter := func(name, help string, l []string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, l)
@@ -72,41 +84,70 @@ func NewTaskMetrics(reg prometheus.Registerer, nodename string, celery bool) *Ta
 }
 
 // zero creates every celery counter of (name, queue) at 0 the first time they are seen,
-// as celery-exporter does, so rate() and ratios work from the first event.
-func (m *TaskMetrics) zero(name, queue string) {
-	if _, dup := m.seen.LoadOrStore(name+"\x00"+queue, struct{}{}); dup {
-		return
+// series returns the series of task name in queue, creating them on first use: the
+// celery_* counters start at zero (celery-exporter lists a task once it has been seen),
+// celery_task_failed_total with an empty exception label.
+func (m *TaskMetrics) series(name, queue string) *taskSeries {
+	k := seriesKey{name, queue}
+	m.mu.RLock()
+	s := m.byTask[k]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
 	}
-	for _, c := range []*prometheus.CounterVec{m.received, m.started, m.succeeded, m.rejected, m.revoked, m.retried} {
-		c.WithLabelValues(name, m.host, queue)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s = m.byTask[k]; s != nil {
+		return s
 	}
-	m.failed.WithLabelValues(name, m.host, "", queue)
+	s = &taskSeries{success: m.outcomes.WithLabelValues(queue, name, OutcomeSuccess)}
+	if m.celery {
+		s.received = m.received.WithLabelValues(name, m.host, queue)
+		s.started = m.started.WithLabelValues(name, m.host, queue)
+		s.succeeded = m.succeeded.WithLabelValues(name, m.host, queue)
+		s.rejected = m.rejected.WithLabelValues(name, m.host, queue)
+		s.revoked = m.revoked.WithLabelValues(name, m.host, queue)
+		s.retried = m.retried.WithLabelValues(name, m.host, queue)
+		s.runtime = m.runtime.WithLabelValues(name, m.host, queue)
+		s.wait = m.wait.WithLabelValues(name, m.host, queue)
+		m.failed.WithLabelValues(name, m.host, "", queue)
+	}
+	m.byTask[k] = s
+	return s
 }
 
-func (m *TaskMetrics) inc(c *prometheus.CounterVec, i *worker.TaskInfo) {
+// inc increments the celery_* counter pick chooses of i's series.
+func (m *TaskMetrics) inc(i *worker.TaskInfo, pick func(*taskSeries) prometheus.Counter) {
 	if !m.celery {
 		return
 	}
-	name := i.DisplayName()
-	m.zero(name, i.Queue)
-	c.WithLabelValues(name, m.host, i.Queue).Inc()
+	pick(m.series(i.DisplayName(), i.Queue)).Inc()
 }
 
 func (m *TaskMetrics) outcome(i *worker.TaskInfo, o string) {
+	if o == OutcomeSuccess {
+		m.series(i.DisplayName(), i.Queue).success.Inc()
+		return
+	}
 	m.outcomes.WithLabelValues(i.Queue, i.DisplayName(), o).Inc()
 }
 
 // TaskReceived counts celery_task_received_total.
-func (m *TaskMetrics) TaskReceived(i *worker.TaskInfo) { m.inc(m.received, i) }
+func (m *TaskMetrics) TaskReceived(i *worker.TaskInfo) {
+	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.received })
+}
 
 // TaskStarted counts celery_task_started_total.
-func (m *TaskMetrics) TaskStarted(i *worker.TaskInfo) { m.inc(m.started, i) }
+func (m *TaskMetrics) TaskStarted(i *worker.TaskInfo) {
+	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.started })
+}
 
 // TaskSucceeded counts the success and observes celery_task_runtime.
 func (m *TaskMetrics) TaskSucceeded(i *worker.TaskInfo, runtime time.Duration, _ any) {
-	m.inc(m.succeeded, i)
 	if m.celery {
-		m.runtime.WithLabelValues(i.DisplayName(), m.host, i.Queue).Observe(runtime.Seconds())
+		s := m.series(i.DisplayName(), i.Queue)
+		s.succeeded.Inc()
+		s.runtime.Observe(runtime.Seconds())
 	}
 	o := OutcomeSuccess
 	if v, ok := m.custom.LoadAndDelete(i.ID); ok {
@@ -120,7 +161,7 @@ func (m *TaskMetrics) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo,
 	m.custom.Delete(i.ID)
 	if m.celery {
 		name := i.DisplayName()
-		m.zero(name, i.Queue)
+		m.series(name, i.Queue)
 		m.failed.WithLabelValues(name, m.host, exc.Type, i.Queue).Inc()
 	}
 	m.outcome(i, OutcomeFailure)
@@ -129,21 +170,21 @@ func (m *TaskMetrics) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo,
 // TaskRetried counts the retry.
 func (m *TaskMetrics) TaskRetried(i *worker.TaskInfo, _ protocol.ExceptionInfo, _ string) {
 	m.custom.Delete(i.ID)
-	m.inc(m.retried, i)
+	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.retried })
 	m.outcome(i, OutcomeRetry)
 }
 
 // TaskRejected counts the rejection.
 func (m *TaskMetrics) TaskRejected(i *worker.TaskInfo, _ bool) {
 	m.custom.Delete(i.ID)
-	m.inc(m.rejected, i)
+	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.rejected })
 	m.outcome(i, OutcomeRejected)
 }
 
 // TaskRevoked counts the revocation (outcome "expired" for an expired task).
 func (m *TaskMetrics) TaskRevoked(i *worker.TaskInfo, _, expired bool) {
 	m.custom.Delete(i.ID)
-	m.inc(m.revoked, i)
+	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.revoked })
 	if expired {
 		m.outcome(i, OutcomeExpired)
 	} else {
@@ -172,7 +213,7 @@ func (m *TaskMetrics) Middleware(next tasks.Handler) tasks.Handler {
 					from = *r.ETA
 				}
 				if w := time.Since(from); w >= 0 {
-					m.wait.WithLabelValues(r.Name, m.host, r.Delivery.Queue).Observe(w.Seconds())
+					m.series(r.Name, r.Delivery.Queue).wait.Observe(w.Seconds())
 				}
 			}
 		}

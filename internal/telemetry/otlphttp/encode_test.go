@@ -473,4 +473,3 @@ func anyValue(v attribute.Value) *commonpb.AnyValue {
 	}
 	return &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: arr}}
 }
-

@@ -94,6 +94,8 @@ type Exporter struct {
 	abort    context.CancelCauseFunc
 }
 
+var _ sdktrace.SpanExporter = (*Exporter)(nil)
+
 // New returns an exporter configured from the OTEL_* environment variables read through
 // getenv (nil means os.Getenv):
 //

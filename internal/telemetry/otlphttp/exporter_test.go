@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"math/big"
 	"net"
@@ -614,16 +615,19 @@ func TestTLS(t *testing.T) {
 	}
 	writePEM(t, filepath.Join(dir, "client.key"), "EC PRIVATE KEY", keyDER)
 
-	var peer atomic.Value
+	var peer, protocol atomic.Value
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
 		if len(r.TLS.PeerCertificates) > 0 {
 			peer.Store(r.TLS.PeerCertificates[0].Subject.CommonName)
 		}
+		protocol.Store(r.Proto)
 		_, _ = io.Copy(io.Discard, r.Body)
 	}))
 	pool := x509.NewCertPool()
 	pool.AddCert(caCert)
 	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}
+	srv.EnableHTTP2 = true
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	writePEM(t, filepath.Join(dir, "server-ca.pem"), "CERTIFICATE", srv.Certificate().Raw)
@@ -647,6 +651,9 @@ func TestTLS(t *testing.T) {
 	}
 	if cn, _ := peer.Load().(string); cn != "fleet-worker" {
 		t.Errorf("client certificate %q", cn)
+	}
+	if p, _ := protocol.Load().(string); p != "HTTP/2.0" {
+		t.Errorf("protocol %q: HTTP/2 is negotiated over TLS", p)
 	}
 }
 
