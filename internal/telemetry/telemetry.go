@@ -24,13 +24,14 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"denis.io/fleet/internal/telemetry/otlphttp"
 )
 
 // Config configures tracing.
@@ -142,7 +143,7 @@ func (t *Telemetry) exporter(ctx context.Context) (sdktrace.SpanExporter, error)
 	if proto != "" && proto != "http/protobuf" {
 		t.log.Warn("only OTLP over http/protobuf is supported; using it", "OTEL_EXPORTER_OTLP_PROTOCOL", proto)
 	}
-	exp, err := otlptracehttp.New(ctx)
+	exp, err := otlphttp.New(env, otlphttp.WithLogger(t.log))
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: OTLP/HTTP exporter: %w", err)
 	}
