@@ -147,7 +147,7 @@ func (t *Telemetry) exporter(ctx context.Context) (sdktrace.SpanExporter, error)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: OTLP/HTTP exporter: %w", err)
 	}
-	return exp, nil
+	return &loggedExporter{SpanExporter: exp, log: t.log, endpoint: exp.Endpoint()}, nil
 }
 
 func (t *Telemetry) resource(ctx context.Context) *resource.Resource {
@@ -280,4 +280,25 @@ func envSampler(getenv func(string) string) (sdktrace.Sampler, error) {
 		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(f)), nil
 	}
 	return nil, errors.New("telemetry: OTEL_TRACES_SAMPLER=" + name + " is not supported")
+}
+
+// loggedExporter reports export failures in the worker's own JSON log, once per run of
+// failures and once at the recovery, and hands the span processor nil (which would
+// otherwise print every failure through OpenTelemetry's global handler, as plain text).
+type loggedExporter struct {
+	sdktrace.SpanExporter
+	log      *slog.Logger
+	endpoint string
+	failing  atomic.Bool
+}
+
+func (e *loggedExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	switch {
+	case err != nil && !e.failing.Swap(true):
+		e.log.Warn("span export failed; spans are dropped until the collector answers", "endpoint", e.endpoint, "spans", len(spans), "err", err)
+	case err == nil && e.failing.Swap(false):
+		e.log.Info("span export recovered", "endpoint", e.endpoint)
+	}
+	return nil
 }

@@ -404,3 +404,67 @@ func TestNoExporterSpanContext(t *testing.T) {
 		t.Fatalf("%d spans left open", tr.Open())
 	}
 }
+
+// TestExportFailuresLogged: a collector that refuses spans gives one warning in the
+// worker's log for the whole run of failures, and one line when it accepts them again.
+func TestExportFailuresLogged(t *testing.T) {
+	var refuse sync.Map
+	refuse.Store("on", true)
+	srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if v, _ := refuse.Load("on"); v.(bool) {
+			http.Error(w, "bad request", http.StatusBadRequest) // not retried
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + ln.Addr().String()}
+	tel, err := New(context.Background(), Config{Enabled: true, Logger: log, Getenv: func(k string) string { return env[k] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := tel.provider // the batcher exports on ForceFlush
+	tr := tel.NewTracker("fleet@test")
+	run := func(id string) {
+		h := tr.Middleware(tasks.HandlerFunc(func(context.Context, *tasks.Request) (any, error) { return nil, nil }))
+		_, _ = h.ServeTask(context.Background(), request(id, nil))
+		tr.TaskSucceeded(info(id), 0, nil)
+		if err := exp.ForceFlush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run("a")
+	run("b")
+	refuse.Store("on", false)
+	run("c")
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	if n := strings.Count(out, "span export failed"); n != 1 {
+		t.Errorf("%d failure warnings, want 1:\n%s", n, out)
+	}
+	if n := strings.Count(out, "span export recovered"); n != 1 {
+		t.Errorf("%d recovery lines, want 1:\n%s", n, out)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
