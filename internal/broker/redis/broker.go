@@ -102,9 +102,9 @@ type fetchProbe struct {
 func (p *fetchProbe) turn() { p.turned.Store(time.Now().UnixNano()) }
 
 // ConsumerAlive implements broker.ConsumerProbe: now while a fetch loop waits for a free
-// slot (the worker is busy), else the last time a fetch loop turned (each fetch, empty
-// polls included, is a turn; a loop failing against Redis or stuck does not turn); the
-// zero time when no Consume runs.
+// slot (the worker is busy), else the last time a fetch loop turned (each fetch that came
+// back, empty polls included, is a turn; a loop failing against Redis or stuck does not
+// turn); the zero time when no Consume runs.
 func (b *Broker) ConsumerAlive() time.Time {
 	switch {
 	case b.probe.running.Load() == 0:
@@ -422,7 +422,6 @@ func (b *Broker) fetchLoop(ctx context.Context, set *queueSet, out chan<- *broke
 	defer linger.Stop()
 	idle := time.Duration(0) // the wait before the next poll while the queues are empty
 	for {
-		b.probe.turn()
 		if ctx.Err() != nil || !set.refresh(ctx, rr) {
 			return
 		}
@@ -451,6 +450,7 @@ func (b *Broker) fetchLoop(ctx context.Context, set *queueSet, out chan<- *broke
 			}
 			continue
 		}
+		b.probe.turn() // a fetch came back (a failing one does not count)
 		if bo.recover() {
 			b.log.Info("redis: fetching recovered", "queues", queues)
 		}
