@@ -341,15 +341,7 @@ next:
 
 	d.mu.Lock()
 	start := len(d.cur)
-	if d.curN == 0 {
-		if d.cur == nil {
-			d.cur = make([]byte, 0, d.cfg.BufferLimit*448)
-		}
-		d.cur = append(d.cur, '[')
-	} else {
-		d.cur = append(d.cur, ", "...)
-	}
-	b := append(d.cur, '{')
+	b := append(d.openEventLocked(), '{')
 	for i, f := range fs {
 		if i > 0 {
 			b = append(b, ", "...)
@@ -376,6 +368,19 @@ func (d *Dispatcher) taskEventWith(typ string, write func([]byte) []byte) {
 	now := time.Now()
 	clock := d.clock.Forward()
 	d.mu.Lock()
+	b := append(d.openEventLocked(), d.prefix...)
+	b = strconv.AppendInt(append(b, `, "utcoffset": `...), int64(UTCOffset(now)), 10)
+	b = strconv.AppendInt(append(b, `, "clock": `...), clock, 10)
+	b = appendFloat(append(b, `, "timestamp": `...), epoch(now))
+	b = appendString(append(b, `, "type": `...), typ)
+	b = write(b)
+	d.cur = append(b, '}')
+	d.queueLocked()
+}
+
+// openEventLocked starts the next event in the batch being filled: the batch's opening
+// bracket, or the separator after the previous event. It returns d.cur.
+func (d *Dispatcher) openEventLocked() []byte {
 	if d.curN == 0 {
 		if d.cur == nil {
 			d.cur = make([]byte, 0, d.cfg.BufferLimit*448)
@@ -384,14 +389,7 @@ func (d *Dispatcher) taskEventWith(typ string, write func([]byte) []byte) {
 	} else {
 		d.cur = append(d.cur, ", "...)
 	}
-	b := append(d.cur, d.prefix...)
-	b = strconv.AppendInt(append(b, `, "utcoffset": `...), int64(UTCOffset(now)), 10)
-	b = strconv.AppendInt(append(b, `, "clock": `...), clock, 10)
-	b = appendFloat(append(b, `, "timestamp": `...), epoch(now))
-	b = appendString(append(b, `, "type": `...), typ)
-	b = write(b)
-	d.cur = append(b, '}')
-	d.queueLocked()
+	return d.cur
 }
 
 // queueLocked counts the event just written into d.cur, closes a full batch and drops the

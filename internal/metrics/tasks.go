@@ -116,12 +116,12 @@ func (m *TaskMetrics) series(name, queue string) *taskSeries {
 	return s
 }
 
-// inc increments the celery_* counter pick chooses of i's series.
-func (m *TaskMetrics) inc(i *worker.TaskInfo, pick func(*taskSeries) prometheus.Counter) {
+// celerySeries is i's series while the celery_* metrics are on, else nil.
+func (m *TaskMetrics) celerySeries(i *worker.TaskInfo) *taskSeries {
 	if !m.celery {
-		return
+		return nil
 	}
-	pick(m.series(i.DisplayName(), i.Queue)).Inc()
+	return m.series(i.DisplayName(), i.Queue)
 }
 
 func (m *TaskMetrics) outcome(i *worker.TaskInfo, o string) {
@@ -134,18 +134,21 @@ func (m *TaskMetrics) outcome(i *worker.TaskInfo, o string) {
 
 // TaskReceived counts celery_task_received_total.
 func (m *TaskMetrics) TaskReceived(i *worker.TaskInfo) {
-	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.received })
+	if s := m.celerySeries(i); s != nil {
+		s.received.Inc()
+	}
 }
 
 // TaskStarted counts celery_task_started_total.
 func (m *TaskMetrics) TaskStarted(i *worker.TaskInfo) {
-	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.started })
+	if s := m.celerySeries(i); s != nil {
+		s.started.Inc()
+	}
 }
 
 // TaskSucceeded counts the success and observes celery_task_runtime.
 func (m *TaskMetrics) TaskSucceeded(i *worker.TaskInfo, runtime time.Duration, _ any) {
-	if m.celery {
-		s := m.series(i.DisplayName(), i.Queue)
+	if s := m.celerySeries(i); s != nil {
 		s.succeeded.Inc()
 		s.runtime.Observe(runtime.Seconds())
 	}
@@ -170,21 +173,27 @@ func (m *TaskMetrics) TaskFailed(i *worker.TaskInfo, exc protocol.ExceptionInfo,
 // TaskRetried counts the retry.
 func (m *TaskMetrics) TaskRetried(i *worker.TaskInfo, _ protocol.ExceptionInfo, _ string) {
 	m.custom.Delete(i.ID)
-	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.retried })
+	if s := m.celerySeries(i); s != nil {
+		s.retried.Inc()
+	}
 	m.outcome(i, OutcomeRetry)
 }
 
 // TaskRejected counts the rejection.
 func (m *TaskMetrics) TaskRejected(i *worker.TaskInfo, _ bool) {
 	m.custom.Delete(i.ID)
-	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.rejected })
+	if s := m.celerySeries(i); s != nil {
+		s.rejected.Inc()
+	}
 	m.outcome(i, OutcomeRejected)
 }
 
 // TaskRevoked counts the revocation (outcome "expired" for an expired task).
 func (m *TaskMetrics) TaskRevoked(i *worker.TaskInfo, _, expired bool) {
 	m.custom.Delete(i.ID)
-	m.inc(i, func(s *taskSeries) prometheus.Counter { return s.revoked })
+	if s := m.celerySeries(i); s != nil {
+		s.revoked.Inc()
+	}
 	if expired {
 		m.outcome(i, OutcomeExpired)
 	} else {

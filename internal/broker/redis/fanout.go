@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,25 +39,7 @@ func (b *Broker) fanoutTopic(exchange, key string) string {
 // Broadcast publishes m as kombu does for a non-queue exchange: fanout and topic exchanges
 // over pub/sub, direct ones onto the lists their binding sets route key to.
 func (b *Broker) Broadcast(ctx context.Context, ex broker.Exchange, key string, m *protocol.Message) error {
-	if m == nil {
-		return errors.New("redis: broadcast: nil message")
-	}
-	if err := b.enter(); err != nil {
-		return err
-	}
-	defer b.ops.Done()
-	if ex.Kind == broker.KindDirect {
-		return b.broadcastDirect(ctx, ex.Name, key, m)
-	}
-	env, err := encodeEnvelope(m, ex.Name, key, newTag())
-	if err != nil {
-		return fmt.Errorf("redis: broadcast to %s: encode: %w", ex.Name, err)
-	}
-	topic := b.fanoutTopic(ex.Name, key)
-	if err := b.client.Publish(ctx, topic, env).Err(); err != nil {
-		return fmt.Errorf("redis: broadcast to %s: %w", topic, err)
-	}
-	return nil
+	return b.BroadcastBatch(ctx, ex, key, []*protocol.Message{m})
 }
 
 var _ broker.BatchBroadcaster = (*Broker)(nil)
@@ -64,24 +47,24 @@ var _ broker.BatchBroadcaster = (*Broker)(nil)
 // BroadcastBatch is Broadcast of every message of ms, pipelined: one round trip for a
 // fanout or topic exchange (direct exchanges route each message as Broadcast does).
 func (b *Broker) BroadcastBatch(ctx context.Context, ex broker.Exchange, key string, ms []*protocol.Message) error {
-	if ex.Kind == broker.KindDirect {
-		for _, m := range ms {
-			if err := b.Broadcast(ctx, ex, key, m); err != nil {
-				return err
-			}
-		}
-		return nil
+	if slices.Contains(ms, nil) {
+		return errors.New("redis: broadcast: nil message")
 	}
 	if err := b.enter(); err != nil {
 		return err
 	}
 	defer b.ops.Done()
+	if ex.Kind == broker.KindDirect {
+		for _, m := range ms {
+			if err := b.broadcastDirect(ctx, ex.Name, key, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	topic := b.fanoutTopic(ex.Name, key)
 	p := b.client.Pipeline()
 	for _, m := range ms {
-		if m == nil {
-			return errors.New("redis: broadcast: nil message")
-		}
 		env, err := encodeEnvelope(m, ex.Name, key, newTag())
 		if err != nil {
 			return fmt.Errorf("redis: broadcast to %s: encode: %w", ex.Name, err)
@@ -89,7 +72,7 @@ func (b *Broker) BroadcastBatch(ctx context.Context, ex broker.Exchange, key str
 		p.Publish(ctx, topic, env)
 	}
 	if _, err := p.Exec(ctx); err != nil {
-		return fmt.Errorf("redis: broadcast %d messages to %s: %w", len(ms), topic, err)
+		return fmt.Errorf("redis: broadcast to %s: %w", topic, err)
 	}
 	return nil
 }
