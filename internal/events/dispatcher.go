@@ -35,10 +35,14 @@ var Exchange = broker.Exchange{Name: "celeryev", Kind: broker.KindTopic, Durable
 // Defaults, as Celery's.
 const (
 	DefaultFreq        = 2 * time.Second // worker heartbeat interval (--heartbeat-interval)
-	DefaultBufferLimit = 24              // task events per task.multi message
+	DefaultBufferLimit = 24              // buffered task events that make a flush due (Celery's buffer_limit)
+	DefaultMaxBatch    = 500             // most task events in one task.multi message
 	DefaultMaxBuffered = 10000           // task events kept while the broker is unreachable
 	DefaultLinger      = 100 * time.Millisecond
+	DefaultMinInterval = 10 * time.Millisecond
 	publishTimeout     = 5 * time.Second
+	// maxBatchBytes closes a task.multi body early when its events are large.
+	maxBatchBytes = 256 << 10
 )
 
 // Stats are the live counters a heartbeat carries.
@@ -73,13 +77,23 @@ type Config struct {
 	// the Redis worker_seen key, the last-heartbeat metric.
 	Beat   []func(ctx context.Context, now time.Time)
 	Logger *slog.Logger
-	// BufferLimit is the most task events in one task.multi message (default 24, Celery's).
+	// BufferLimit is how many buffered task events make a flush due (default 24, Celery's
+	// buffer_limit); fewer wait up to Linger for company.
 	BufferLimit int
+	// MaxBatch is the most task events in one task.multi message (default 500; a body
+	// is also closed once it passes 256 KiB).
+	MaxBatch int
+	// MinInterval is the least time between two flushes made due by BufferLimit
+	// (default 10 ms): a busy worker sends one task.multi of everything buffered per
+	// interval instead of one per BufferLimit events, so that its publishing costs it
+	// and the broker little. Events wait at most Linger or MinInterval, whichever is due
+	// first.
+	MinInterval time.Duration
 	// MaxBuffered bounds the task events held while publishing lags or fails; the oldest
 	// are dropped beyond it (default 10000).
 	MaxBuffered int
 	// Linger is how long a task event may wait for others to share its task.multi message
-	// (default 100 ms); a full batch goes out at once.
+	// (default 100 ms).
 	Linger time.Duration
 }
 
@@ -95,13 +109,16 @@ type Dispatcher struct {
 	prefix []byte // `{"hostname": …, "pid": …` of every task event (taskEventWith)
 
 	// Task events are encoded straight into task.multi bodies: full holds complete
-	// batches (BufferLimit events, closing bracket included), cur the one being filled.
+	// batches (closing bracket included) and fullN their event counts, cur the one being
+	// filled; free keeps published bodies for reuse.
 	mu      sync.Mutex
 	full    [][]byte
+	fullN   []int
 	cur     []byte
 	curN    int
 	queued  int // events in full and cur
 	dropped uint64
+	free    [][]byte
 	kick    chan struct{} // capacity 1: a flush is wanted
 
 	failing atomic.Bool // publishing is failing; logged once per streak
@@ -122,6 +139,13 @@ func New(fan broker.Fanout, cfg Config) *Dispatcher {
 	}
 	if cfg.MaxBuffered <= 0 {
 		cfg.MaxBuffered = DefaultMaxBuffered
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	cfg.MaxBatch = max(min(cfg.MaxBatch, cfg.MaxBuffered), 1)
+	if cfg.MinInterval <= 0 {
+		cfg.MinInterval = DefaultMinInterval
 	}
 	if cfg.Linger <= 0 {
 		cfg.Linger = DefaultLinger
@@ -216,19 +240,33 @@ func (d *Dispatcher) SendHeartbeat(ctx context.Context, freq time.Duration) {
 	}
 }
 
-// loop sends heartbeats and flushes task events: a full batch at once, else after the
-// linger, so that busy workers send few, full task.multi messages.
+// loop sends heartbeats and flushes task events. A flush is due Linger after the first
+// buffered event, or as soon as BufferLimit events are buffered but no sooner than
+// MinInterval after the previous flush began; it sends everything buffered. An idle
+// worker's events thus go out within Linger, a busy worker's in one task.multi message
+// per MinInterval.
 func (d *Dispatcher) loop(ctx context.Context) {
 	defer close(d.done)
 	t := time.NewTicker(d.cfg.Freq)
 	defer t.Stop()
-	linger := time.NewTimer(time.Hour)
-	linger.Stop()
-	armed := false
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var due, last time.Time // due: the armed flush (zero: none); last: the previous flush's start
+	schedule := func(at time.Time) {
+		if due.IsZero() || at.Before(due) {
+			due = at
+			timer.Reset(time.Until(at))
+		}
+	}
+	flush := func() {
+		timer.Stop()
+		due, last = time.Time{}, time.Now()
+		d.flush(ctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			linger.Stop()
+			timer.Stop()
 			return
 		case now := <-t.C:
 			d.beat(ctx, now)
@@ -236,19 +274,19 @@ func (d *Dispatcher) loop(ctx context.Context) {
 				d.sendWorker(ctx, "worker-heartbeat", now, d.cfg.Freq)
 			}
 		case <-d.kick:
-			if d.buffered() >= d.cfg.BufferLimit {
-				if armed {
-					linger.Stop()
-					armed = false
+			now := time.Now()
+			switch n := d.buffered(); {
+			case n >= d.cfg.BufferLimit:
+				if at := last.Add(d.cfg.MinInterval); now.Before(at) {
+					schedule(at)
+				} else {
+					flush()
 				}
-				d.flush(ctx)
-			} else if !armed {
-				linger.Reset(d.cfg.Linger)
-				armed = true
+			case n > 0:
+				schedule(now.Add(d.cfg.Linger))
 			}
-		case <-linger.C:
-			armed = false
-			d.flush(ctx)
+		case <-timer.C:
+			flush()
 		}
 	}
 }
@@ -383,7 +421,11 @@ func (d *Dispatcher) taskEventWith(typ string, write func([]byte) []byte) {
 func (d *Dispatcher) openEventLocked() []byte {
 	if d.curN == 0 {
 		if d.cur == nil {
-			d.cur = make([]byte, 0, d.cfg.BufferLimit*448)
+			if n := len(d.free); n > 0 {
+				d.cur, d.free = d.free[n-1][:0], d.free[:n-1]
+			} else {
+				d.cur = make([]byte, 0, d.cfg.BufferLimit*448)
+			}
 		}
 		d.cur = append(d.cur, '[')
 	} else {
@@ -393,21 +435,23 @@ func (d *Dispatcher) openEventLocked() []byte {
 }
 
 // queueLocked counts the event just written into d.cur, closes a full batch and drops the
-// oldest batch while publishing lags; it unlocks d.mu and wakes the flusher when needed.
+// oldest batches while publishing lags; it unlocks d.mu and wakes the flusher when a flush
+// may have become due.
 func (d *Dispatcher) queueLocked() {
 	d.curN++
 	d.queued++
-	kick := d.queued == 1
-	if d.curN == d.cfg.BufferLimit {
+	kick := d.queued == 1 || d.queued == d.cfg.BufferLimit
+	if d.curN == d.cfg.MaxBatch || len(d.cur) >= maxBatchBytes {
 		d.full = append(d.full, append(d.cur, ']'))
+		d.fullN = append(d.fullN, d.curN)
 		d.cur, d.curN = nil, 0
-		kick = true // a full batch goes out at once
+		kick = true
 	}
-	if d.queued > d.cfg.MaxBuffered && len(d.full) > 0 { // publishing lags: drop the oldest batch
+	for d.queued > d.cfg.MaxBuffered && len(d.full) > 0 { // publishing lags: drop the oldest batch
+		d.queued -= d.fullN[0]
+		d.dropped += uint64(d.fullN[0])
 		d.full[0] = nil
-		d.full = d.full[1:]
-		d.queued -= d.cfg.BufferLimit
-		d.dropped += uint64(d.cfg.BufferLimit)
+		d.full, d.fullN = d.full[1:], d.fullN[1:]
 	}
 	d.mu.Unlock()
 	if kick { // arm the linger, or flush a full batch
@@ -418,14 +462,15 @@ func (d *Dispatcher) queueLocked() {
 	}
 }
 
-// flush publishes every buffered task event, BufferLimit per task.multi message.
+// flush publishes every buffered task event, at most MaxBatch per task.multi message.
 func (d *Dispatcher) flush(ctx context.Context) {
 	d.mu.Lock()
 	batches := d.full
 	if d.curN > 0 {
 		batches = append(batches, append(d.cur, ']'))
+		d.cur = nil
 	}
-	d.full, d.cur, d.curN, d.queued = nil, nil, 0, 0
+	d.full, d.fullN, d.curN, d.queued = nil, nil, 0, 0
 	dropped := d.dropped
 	d.dropped = 0
 	d.mu.Unlock()
@@ -444,12 +489,29 @@ func (d *Dispatcher) flush(ctx context.Context) {
 			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 			d.published("task.multi", bb.BroadcastBatch(pctx, Exchange, "task.multi", ms))
 			cancel()
+			d.recycle(batches[:n])
 			batches = batches[n:]
 		}
 		return
 	}
 	for _, batch := range batches {
 		d.publishEncoded(ctx, "task.multi", batch)
+	}
+	d.recycle(batches)
+}
+
+// recycle keeps up to two published bodies for the next batches (a publish returns only
+// once the transport is done with the body).
+func (d *Dispatcher) recycle(batches [][]byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, b := range batches {
+		if len(d.free) == 2 {
+			return
+		}
+		if cap(b) <= 2*maxBatchBytes {
+			d.free = append(d.free, b[:0])
+		}
 	}
 }
 

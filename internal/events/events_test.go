@@ -48,12 +48,20 @@ func fanouts(t *testing.T) map[string]broker.Fanout {
 		"redis": "redis://127.0.0.1:6379/5",
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		b, err := connect.Broker(ctx, url, connect.BrokerOptions{KeyPrefix: "evtest" + randHex(4) + ":", Logger: quietLogger()})
+		prefix := "evtest" + randHex(4) + ":"
+		b, err := connect.Broker(ctx, url, connect.BrokerOptions{KeyPrefix: prefix, Logger: quietLogger()})
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		t.Cleanup(func() { _ = b.Close() })
+		t.Cleanup(func() {
+			_ = b.Close()
+			if name == "redis" { // the event bindings kombu keeps (_kombu.binding.celeryev)
+				rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: 5})
+				deleteKeys(t, rdb, prefix)
+				_ = rdb.Close()
+			}
+		})
 		out[name] = b.(broker.Fanout)
 	}
 	return out
@@ -71,6 +79,7 @@ func listen(t *testing.T, ctx context.Context, f broker.Fanout, host string) <-c
 	out := make(chan map[string]any, 1000)
 	go func() {
 		defer close(out)
+		seq := 0
 		for m := range msgs {
 			if m.Headers["hostname"] != host || m.ContentType != "application/json" || m.Properties.DeliveryMode != 1 {
 				continue
@@ -84,9 +93,10 @@ func listen(t *testing.T, ctx context.Context, f broker.Fanout, host string) <-c
 			case map[string]any:
 				out <- x
 			case []any:
+				seq++
 				for _, e := range x {
 					ev := e.(map[string]any)
-					ev["_batched"] = len(x)
+					ev["_batched"], ev["_message"] = len(x), seq
 					out <- ev
 				}
 			}
@@ -162,7 +172,7 @@ func TestDispatcherWireFormat(t *testing.T) {
 			for got < 30 {
 				ev := next(t, evs, "task-succeeded", 5*time.Second)
 				got++
-				if n := ev["_batched"].(int); n < 1 || n > DefaultBufferLimit {
+				if n := ev["_batched"].(int); n < 1 || n > DefaultMaxBatch {
 					t.Fatalf("batch of %d events", n)
 				}
 				if ev["queue"] != "q" || ev["result"] != "5" || ev["hostname"] != host || ev["clock"] == nil || ev["timestamp"] == nil {
@@ -281,13 +291,10 @@ func TestExceptionRepr(t *testing.T) {
 // at once after Gone.
 func TestSeen(t *testing.T) {
 	rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: redisStateDB})
-	defer rdb.Close()
 	prefix := "seentest" + randHex(4) + ":"
 	t.Cleanup(func() {
-		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(context.Background(), keys...)
-		}
+		deleteKeys(t, rdb, prefix)
+		_ = rdb.Close()
 	})
 	ctx := context.Background()
 	s := NewSeen(rdb, prefix, time.Second)
@@ -365,10 +372,10 @@ func TestTaskEventEncoding(t *testing.T) {
 	}
 }
 
-// TestTaskEventBuffer: events fill task.multi batches of BufferLimit; while publishing
+// TestTaskEventBuffer: events fill task.multi batches of up to MaxBatch; while publishing
 // lags, the oldest batches are dropped beyond MaxBuffered and counted.
 func TestTaskEventBuffer(t *testing.T) {
-	d := New(nil, Config{Hostname: "w@h", TaskEvents: true, BufferLimit: 4, MaxBuffered: 10, Logger: quietLogger()})
+	d := New(nil, Config{Hostname: "w@h", TaskEvents: true, BufferLimit: 2, MaxBatch: 4, MaxBuffered: 10, Logger: quietLogger()})
 	for i := range 23 {
 		d.Task("task-started", map[string]any{"uuid": fmt.Sprint(i)})
 	}
@@ -470,8 +477,8 @@ func TestBacklogFlush(t *testing.T) {
 			host := "evbacklog-" + randHex(4) + "@test"
 			evs := listen(t, ctx, f, host)
 			time.Sleep(200 * time.Millisecond) // the subscription is in place
-			d := New(f, Config{Hostname: host, TaskEvents: true, WithoutHeartbeat: true, Logger: quietLogger()})
-			const n = 5*DefaultBufferLimit + 7 // 5 full batches and a partial one
+			d := New(f, Config{Hostname: host, TaskEvents: true, WithoutHeartbeat: true, MaxBatch: 24, Logger: quietLogger()})
+			const n = 5*24 + 7 // 5 full batches and a partial one
 			o := d.Observer()
 			for i := range n {
 				o.TaskStarted(&worker.TaskInfo{ID: fmt.Sprint(i), Name: "diag.add", Queue: "q"})
@@ -484,5 +491,96 @@ func TestBacklogFlush(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFlushPacing pins when task events go out, on both brokers: a lone event within the
+// linger, in a message of its own; a steady stream (far more than BufferLimit events per
+// MinInterval) in about one task.multi message per MinInterval, complete and in order.
+func TestFlushPacing(t *testing.T) {
+	for name, f := range fanouts(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			host := "evpace-" + randHex(4) + "@test"
+			evs := listen(t, ctx, f, host)
+			time.Sleep(200 * time.Millisecond) // the subscription is in place
+			const interval = 50 * time.Millisecond
+			d := New(f, Config{Hostname: host, TaskEvents: true, WithoutHeartbeat: true,
+				Linger: 200 * time.Millisecond, MinInterval: interval, Logger: quietLogger()})
+			d.Start(ctx)
+			defer d.Stop(ctx)
+			o := d.Observer()
+
+			sent := time.Now()
+			o.TaskStarted(&worker.TaskInfo{ID: "lone", Name: "diag.add", Queue: "q"})
+			ev := next(t, evs, "task-started", 5*time.Second)
+			if ev["uuid"] != "lone" || ev["_batched"] != 1 {
+				t.Fatalf("lone event %v", ev)
+			}
+			if waited := time.Since(sent); waited > 2*time.Second {
+				t.Errorf("a lone event took %s (linger 200ms)", waited)
+			}
+
+			const n = 3000
+			start := time.Now()
+			for i := range n {
+				o.TaskStarted(&worker.TaskInfo{ID: fmt.Sprint(i), Name: "diag.add", Queue: "q"})
+				if i%10 == 9 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			streamed := time.Since(start)
+			messages := map[int]bool{}
+			for i := range n {
+				ev := next(t, evs, "task-started", 10*time.Second)
+				if ev["uuid"] != fmt.Sprint(i) {
+					t.Fatalf("event %d: uuid %v (order lost)", i, ev["uuid"])
+				}
+				messages[ev["_message"].(int)] = true
+			}
+			// Without the interval a message would go out per BufferLimit (24) events: 125.
+			if most := int(streamed/interval) + 3; len(messages) > most {
+				t.Errorf("%d events streamed over %s came in %d task.multi messages, want ≤ %d (one per %s)",
+					n, streamed.Round(time.Millisecond), len(messages), most, interval)
+			}
+			t.Logf("%d events over %s: %d task.multi messages", n, streamed.Round(time.Millisecond), len(messages))
+		})
+	}
+}
+
+// TestBatchBytes: large events close a task.multi body once it passes 256 KiB.
+func TestBatchBytes(t *testing.T) {
+	d := New(nil, Config{Hostname: "w@h", TaskEvents: true, Logger: quietLogger()})
+	big := strings.Repeat("x", 100<<10)
+	for i := range 7 {
+		d.Task("task-succeeded", map[string]any{"uuid": fmt.Sprint(i), "result": big})
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.full) != 2 || d.curN != 1 || d.queued != 7 {
+		t.Fatalf("%d full batches %v, %d in the current one, %d queued; want 2 of 3 events and 1", len(d.full), d.fullN, d.curN, d.queued)
+	}
+	for _, b := range d.full {
+		var evs []map[string]any
+		if err := json.Unmarshal(b, &evs); err != nil || len(evs) != 3 {
+			t.Fatalf("batch of %d bytes: %d events, %v", len(b), len(evs), err)
+		}
+	}
+}
+
+// deleteKeys removes every key under prefix.
+func deleteKeys(t *testing.T, rdb *goredis.Client, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := rdb.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Errorf("cleanup: list %s*: %v", prefix, err)
+		return
+	}
+	if len(keys) > 0 {
+		if err := rdb.Del(ctx, keys...).Err(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	}
 }
