@@ -396,16 +396,8 @@ func decodeObjectBody(m *Message, b map[string]any, spans bodySpans, body []byte
 	}
 	t.finish(m)
 	// Task.Headers keeps the real message headers only, not the body-derived defaults.
-	t.Headers = copyHeaders(m.Headers)
+	t.Headers = m.Headers
 	return t, nil
-}
-
-func copyHeaders(h map[string]any) map[string]any {
-	c := make(map[string]any, len(h))
-	for k, v := range h {
-		c[k] = v
-	}
-	return c
 }
 
 func (t *Task) finish(m *Message) {
@@ -413,7 +405,7 @@ func (t *Task) finish(m *Message) {
 	t.CorrelationID = m.Properties.CorrelationID
 	t.Priority = m.Properties.Priority
 	if t.Headers == nil {
-		t.Headers = copyHeaders(m.Headers)
+		t.Headers = m.Headers
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -381,7 +382,7 @@ func checkGoldenMessage(t *testing.T, gm goldenMessage, i int, want goldenExpect
 		return
 	}
 	wantBody := m.Body
-	wantHeaders := copyHeaders(m.Headers)
+	wantHeaders := maps.Clone(m.Headers)
 	if want.compressed {
 		if _, ok := wantHeaders["compression"]; !ok {
 			t.Fatalf("%s: fixture lacks the compression header", gm.name)

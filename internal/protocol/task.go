@@ -40,6 +40,8 @@ type Task struct {
 	Priority uint8
 
 	// Stamps, StampedHeaders and every other header are kept in Headers as received.
+	// A decoded Task shares this map with its Message (no copy per message): read it,
+	// and build a new map to send different headers.
 	Headers map[string]any
 
 	RawArgs   json.RawMessage

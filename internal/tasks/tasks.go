@@ -37,6 +37,8 @@ type Request struct {
 	RootID   string
 	ParentID string
 	GroupID  string
+	// Headers are the message's headers as received. They are shared with the message
+	// the worker keeps for dead-lettering: read them, never modify them.
 	Headers  map[string]any
 	Delivery DeliveryInfo
 	// Hostname is the node name of the worker running the request.

@@ -15,13 +15,21 @@ import (
 
 // fromTable converts AMQP application headers into the JSON-like values protocol.Message
 // documents: nil, bool, string, json.Number, []any and map[string]any. The result is never
-// nil so that callers may add headers.
+// nil so that callers may add headers. t is converted in place and returned: amqp091-go
+// decodes a fresh table per delivery, and a second map per message would double the
+// garbage of the consume path.
 func fromTable(t amqp091.Table) map[string]any {
-	m := make(map[string]any, len(t))
-	for k, v := range t {
-		m[k] = fromField(v)
+	if t == nil {
+		return map[string]any{}
 	}
-	return m
+	for k, v := range t {
+		switch v.(type) {
+		case nil, bool, string: // already protocol values
+		default:
+			t[k] = fromField(v)
+		}
+	}
+	return map[string]any(t)
 }
 
 // fromField converts one AMQP field value (as amqp091-go decodes it).
@@ -61,12 +69,11 @@ func fromField(v any) any {
 		return decimalNumber(x)
 	case time.Time:
 		return x.UTC().Format(time.RFC3339)
-	case []any:
-		out := make([]any, len(x))
+	case []any: // converted in place, as fromTable
 		for i, e := range x {
-			out[i] = fromField(e)
+			x[i] = fromField(e)
 		}
-		return out
+		return x
 	case amqp091.Table:
 		return fromTable(x)
 	case map[string]any:
