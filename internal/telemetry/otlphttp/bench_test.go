@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -109,5 +110,28 @@ func BenchmarkEncode(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkExportAfterGC exports 1000 spans after a garbage collection each time, as in a
+// busy worker, where the heap is collected many times between two exports: the scratch
+// space must survive collections (B/op stays near zero) rather than grow anew per export.
+func BenchmarkExportAfterGC(b *testing.B) {
+	spans := benchSpans(b, 1000)
+	ctx := context.Background()
+	srv := discardServer(b)
+	e, err := New(env(map[string]string{envEndpoint: srv.URL}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = e.Shutdown(ctx) }()
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		runtime.GC()
+		b.StartTimer()
+		if err := e.ExportSpans(ctx, spans); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

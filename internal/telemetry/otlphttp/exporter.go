@@ -48,6 +48,7 @@ const (
 	maxDrain     = 64 << 10 // response bytes drained, for connection reuse
 	maxErrorBody = 200      // response bytes quoted in an error
 	maxKeptBuf   = 8 << 20  // larger buffers are not kept for the next export
+	keptStates   = 2        // export scratch spaces kept (the batch processor runs one export at a time)
 )
 
 // ErrShutdown is returned by ExportSpans after Shutdown, and is the cause of the
@@ -85,7 +86,10 @@ type Exporter struct {
 
 	minBackoff, maxBackoff time.Duration
 
-	states sync.Pool // *state
+	// states keeps the scratch space of finished exports for the next ones. Not a
+	// sync.Pool: a busy worker collects garbage many times between two exports, and a
+	// pool emptied by every collection would make each export grow its buffers anew.
+	states chan *state
 
 	mu       sync.Mutex
 	closed   bool
@@ -150,7 +154,7 @@ func New(getenv func(string) string, opts ...Option) (*Exporter, error) {
 		e.client = &http.Client{Transport: e.own}
 	}
 	e.stop, e.abort = context.WithCancelCause(context.Background())
-	e.states.New = func() any { return &state{pool: &e.states} }
+	e.states = make(chan *state, keptStates)
 	return e, nil
 }
 
@@ -174,7 +178,12 @@ func (e *Exporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpa
 	ctx, cancelTimeout := context.WithTimeoutCause(ctx, e.timeout, errTimeout)
 	defer cancelTimeout()
 
-	st := e.states.Get().(*state)
+	var st *state
+	select {
+	case st = <-e.states:
+	default:
+		st = &state{free: e.states}
+	}
 	st.refs.Store(1)
 	defer st.release()
 
@@ -501,8 +510,8 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 }
 
 // state is the scratch space of one export: the encoder, the gzip writer and its output,
-// kept in a pool between exports. The transport may read a request body after Do has
-// returned, so the state goes back to the pool only when the export and every body made
+// kept between exports. The transport may read a request body after Do has
+// returned, so the state is kept for reuse only when the export and every body made
 // from it are done with it (refs).
 type state struct {
 	enc  encoder
@@ -511,7 +520,7 @@ type state struct {
 	resp [maxResponse]byte
 
 	refs atomic.Int32
-	pool *sync.Pool
+	free chan *state // the exporter's states
 }
 
 func (s *state) release() {
@@ -524,7 +533,10 @@ func (s *state) release() {
 	if s.zbuf.Cap() > maxKeptBuf {
 		s.zbuf = bytes.Buffer{}
 	}
-	s.pool.Put(s)
+	select {
+	case s.free <- s:
+	default:
+	}
 }
 
 // body returns a request body reading data that holds a reference to s until closed.
