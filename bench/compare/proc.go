@@ -94,13 +94,15 @@ type rssSampler struct {
 	mu     sync.Mutex
 	hwm    map[int]int64 // pid → highest VmHWM seen, KiB
 	anon   map[int]int64 // pid → highest RssAnon seen, KiB
+	cpu    map[int]int64 // pid → utime+stime last seen, clock ticks
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	nprocs int
 }
 
 func newRSSSampler(root int, every time.Duration) *rssSampler {
-	s := &rssSampler{root: root, hwm: make(map[int]int64), anon: make(map[int]int64), stop: make(chan struct{})}
+	s := &rssSampler{root: root, hwm: make(map[int]int64), anon: make(map[int]int64), cpu: make(map[int]int64),
+		stop: make(chan struct{})}
 	s.sample()
 	s.wg.Add(1)
 	go func() {
@@ -129,6 +131,9 @@ func (s *rssSampler) sample() {
 			s.hwm[pid] = max(s.hwm[pid], hwm)
 			s.anon[pid] = max(s.anon[pid], anon)
 		}
+		if t, ok := procCPU(pid); ok {
+			s.cpu[pid] = max(s.cpu[pid], t)
+		}
 	}
 	s.nprocs = max(s.nprocs, len(pids))
 }
@@ -138,6 +143,13 @@ func (s *rssSampler) sample() {
 // file-backed, mostly the program's mapped binary, shared and reclaimable) and the largest
 // number of processes seen at once.
 func (s *rssSampler) finish() (mib, anonMiB float64, procs int) {
+	mib, anonMiB, procs, _ = s.finishCPU()
+	return mib, anonMiB, procs
+}
+
+// finishCPU is finish that also returns the CPU time (user + system) the process tree
+// had used by the last sample.
+func (s *rssSampler) finishCPU() (mib, anonMiB float64, procs int, cpu time.Duration) {
 	s.sample()
 	close(s.stop)
 	s.wg.Wait()
@@ -150,7 +162,62 @@ func (s *rssSampler) finish() (mib, anonMiB float64, procs int) {
 	for _, v := range s.anon {
 		anon += v
 	}
-	return float64(kb) / 1024, float64(anon) / 1024, s.nprocs
+	var ticks int64
+	for _, v := range s.cpu {
+		ticks += v
+	}
+	return float64(kb) / 1024, float64(anon) / 1024, s.nprocs, ticksToDuration(ticks)
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on every Linux
+// architecture Go builds for.
+const clockTicks = 100
+
+func ticksToDuration(t int64) time.Duration { return time.Duration(t) * time.Second / clockTicks }
+
+// procCPU reads utime + stime of pid (clock ticks) from /proc/<pid>/stat.
+func procCPU(pid int) (int64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) may hold spaces: fields are counted after its ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 { // state is field 3, utime 14, stime 15
+		return 0, false
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	return u + st, err1 == nil && err2 == nil
+}
+
+// serverCPU is the CPU time used so far by the broker and result-backend servers on this
+// machine (RabbitMQ's beam.smp and redis-server), so that a run's cost on the servers can be
+// told apart from its own.
+func serverCPU() time.Duration {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/comm")
+	var ticks int64
+	for _, f := range dirs {
+		comm, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		switch strings.TrimSpace(string(comm)) {
+		case "beam.smp", "redis-server":
+			pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+			if err != nil {
+				continue
+			}
+			if t, ok := procCPU(pid); ok {
+				ticks += t
+			}
+		}
+	}
+	return ticksToDuration(ticks)
 }
 
 // processTree lists root and all its live descendants.

@@ -41,22 +41,27 @@ type contenderInfo struct {
 
 // runResult is one drain of one contender.
 type runResult struct {
-	Round             int                `json:"round"`
-	Broker            string             `json:"broker"`
-	Results           string             `json:"results"`
-	Contender         string             `json:"contender"`
-	N                 int                `json:"n"`
-	Queue             string             `json:"queue"`
-	DrainSeconds      float64            `json:"drain_s"`
-	TasksPerSec       float64            `json:"tasks_per_s"`
-	PeakRSSMiB        float64            `json:"peak_rss_mib"`
-	PeakAnonMiB       float64            `json:"peak_anon_mib"` // of it anonymous (RssAnon's peak)
-	Processes         int                `json:"processes"`
-	Consumed          int                `json:"consumed"` // verified consumed and settled (= N on success)
-	Criterion         string             `json:"criterion,omitempty"`
-	RedisCallsPerTask map[string]float64 `json:"redis_calls_per_task,omitempty"`
-	SpansExported     int64              `json:"spans_exported,omitempty"` // obs-on: spans the sink received
-	Error             string             `json:"error,omitempty"`
+	Round        int     `json:"round"`
+	Broker       string  `json:"broker"`
+	Results      string  `json:"results"`
+	Contender    string  `json:"contender"`
+	N            int     `json:"n"`
+	Queue        string  `json:"queue"`
+	DrainSeconds float64 `json:"drain_s"`
+	TasksPerSec  float64 `json:"tasks_per_s"`
+	PeakRSSMiB   float64 `json:"peak_rss_mib"`
+	PeakAnonMiB  float64 `json:"peak_anon_mib"` // of it anonymous (RssAnon's peak)
+	// CPUMicrosPerTask is the contender's CPU time (user + system, process tree, from its
+	// start to the end of the drain) per task; ServerCPUMicrosPerTask that of RabbitMQ and
+	// Redis over the same span.
+	CPUMicrosPerTask       float64            `json:"cpu_us_per_task"`
+	ServerCPUMicrosPerTask float64            `json:"server_cpu_us_per_task"`
+	Processes              int                `json:"processes"`
+	Consumed               int                `json:"consumed"` // verified consumed and settled (= N on success)
+	Criterion              string             `json:"criterion,omitempty"`
+	RedisCallsPerTask      map[string]float64 `json:"redis_calls_per_task,omitempty"`
+	SpansExported          int64              `json:"spans_exported,omitempty"` // obs-on: spans the sink received
+	Error                  string             `json:"error,omitempty"`
 }
 
 // cell summarizes the runs of one contender in one broker × results cell.
@@ -74,7 +79,9 @@ type cell struct {
 	MedianRSSMiB float64 `json:"median_peak_rss_mib"`
 	MaxRSSMiB    float64 `json:"max_peak_rss_mib"`
 	MaxAnonMiB   float64 `json:"max_peak_anon_mib"` // the anonymous part's highest peak
-	ShortDrain   bool    `json:"short_drain"`       // some run drained in less than --min-drain
+	MedianCPU    float64 `json:"median_cpu_us_per_task"`
+	MedianServer float64 `json:"median_server_cpu_us_per_task"`
+	ShortDrain   bool    `json:"short_drain"` // some run drained in less than --min-drain
 }
 
 // ratioRow holds the medians' ratios of one broker × results cell (0: not measured).
@@ -155,7 +162,7 @@ func (r *report) summarize() {
 		for _, results := range cfg.Results {
 			for _, ci := range r.Contenders {
 				c := &cell{Broker: broker, Results: results, Contender: ci.Name}
-				var tps, rss, anon, drains []float64
+				var tps, rss, anon, drains, cpu, server []float64
 				for _, x := range r.Runs {
 					if x.Broker != broker || x.Results != results || x.Contender != ci.Name {
 						continue
@@ -169,6 +176,8 @@ func (r *report) summarize() {
 					tps = append(tps, x.TasksPerSec)
 					rss = append(rss, x.PeakRSSMiB)
 					anon = append(anon, x.PeakAnonMiB)
+					cpu = append(cpu, x.CPUMicrosPerTask)
+					server = append(server, x.ServerCPUMicrosPerTask)
 					drains = append(drains, x.DrainSeconds)
 					if cfg.MinDrain > 0 && x.DrainSeconds < cfg.MinDrain.Seconds() {
 						c.ShortDrain = true
@@ -178,6 +187,7 @@ func (r *report) summarize() {
 					c.MedianTPS, c.MinTPS, c.MaxTPS = median(tps), slices.Min(tps), slices.Max(tps)
 					c.MedianDrainS = median(drains)
 					c.MedianRSSMiB, c.MaxRSSMiB, c.MaxAnonMiB = median(rss), slices.Max(rss), slices.Max(anon)
+					c.MedianCPU, c.MedianServer = median(cpu), median(server)
 				}
 				r.Cells = append(r.Cells, *c)
 				byKey[cellKey(broker, results, ci.Name)] = &r.Cells[len(r.Cells)-1]
@@ -239,13 +249,13 @@ func (r *report) print(out io.Writer) {
 	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "broker\tresults\tcontender\tN\ttasks/s\tmin–max\tdrain s\tpeak RSS MiB\tof it anon\truns\t")
+	fmt.Fprintln(tw, "broker\tresults\tcontender\tN\ttasks/s\tmin–max\tdrain s\tpeak RSS MiB\tof it anon\tCPU µs/task\tservers µs/task\truns\t")
 	for _, c := range r.Cells {
 		if c.Runs == 0 {
 			continue
 		}
 		ns := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(uniq(c.N))), ","), "[]")
-		tps, rng, drain, rss, anon := "-", "-", "-", "-", "-"
+		tps, rng, drain, rss, anon, cpu, server := "-", "-", "-", "-", "-", "-", "-"
 		if c.MedianTPS > 0 {
 			tps = thousands(c.MedianTPS)
 			rng = thousands(c.MinTPS) + "–" + thousands(c.MaxTPS)
@@ -255,16 +265,22 @@ func (r *report) print(out io.Writer) {
 			}
 			rss = fmt.Sprintf("%.1f", c.MaxRSSMiB)
 			anon = fmt.Sprintf("%.1f", c.MaxAnonMiB)
+			cpu, server = fmt.Sprintf("%.1f", c.MedianCPU), fmt.Sprintf("%.1f", c.MedianServer)
 		}
 		runs := fmt.Sprint(c.Runs - c.Failed)
 		if c.Failed > 0 {
 			runs += fmt.Sprintf(" (%d FAILED)", c.Failed)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Broker, c.Results, c.Contender, ns, tps, rng, drain, rss, anon, runs)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Broker, c.Results, c.Contender, ns, tps, rng, drain, rss, anon,
+			cpu, server, runs)
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(out, "  tasks/s: median over rounds; peak RSS: the highest of the rounds; of it anon: the highest peak of its anonymous part\n"+
-		"  (heap, stacks; the rest is file-backed, mostly the mapped program binary); * a drain shorter than --min-drain")
+		"  (heap, stacks; the rest is file-backed, mostly the mapped program binary); * a drain shorter than --min-drain\n"+
+		"  CPU µs/task: the contender's CPU time (user + system, with its child processes) from its start to the end of the\n"+
+		"  drain, per task; servers µs/task: RabbitMQ's and Redis's over the same span (median over rounds). Both are far\n"+
+		"  steadier than tasks/s on a busy machine: on 2 cores the contender and the servers share the CPU, so what one\n"+
+		"  spends the other cannot")
 
 	fmt.Fprintf(out, "\nratios of medians (goal: %s)\n", r.Goal)
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)

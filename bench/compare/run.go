@@ -115,7 +115,8 @@ func run(ctx context.Context, cfg config) (*report, error) {
 					} else {
 						cfg.Log.Info("run", "round", round, "broker", broker, "results", results, "contender", c.Name,
 							"n", n, "tasks_per_s", math.Round(r.TasksPerSec), "drain_s", fmt.Sprintf("%.2f", r.DrainSeconds),
-							"peak_rss_mib", fmt.Sprintf("%.1f", r.PeakRSSMiB))
+							"peak_rss_mib", fmt.Sprintf("%.1f", r.PeakRSSMiB), "cpu_us_per_task", fmt.Sprintf("%.1f", r.CPUMicrosPerTask),
+							"servers_cpu_us_per_task", fmt.Sprintf("%.1f", r.ServerCPUMicrosPerTask))
 						if !cfg.Quick && cfg.MinDrain > 0 && r.DrainSeconds < cfg.MinDrain.Seconds() {
 							grown := int(float64(n) * 1.25 * cfg.MinDrain.Seconds() / max(r.DrainSeconds, 0.01))
 							nextN[key] = (grown + 999) / 1000 * 1000
@@ -467,6 +468,7 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 	log.Debug("pre-filled; watcher armed", "n", r.N)
 
 	argv, env, dir := c.Command(e)
+	serverBefore := serverCPU()
 	started := time.Now()
 	p, err := startProc(c.Name, argv, env, dir)
 	if err != nil {
@@ -509,7 +511,10 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 		<-got
 		return fmt.Errorf("%s exited before draining the queue: %v", c.Name, p.err)
 	}
-	r.PeakRSSMiB, r.PeakAnonMiB, r.Processes = rss.finish()
+	var cpu time.Duration
+	r.PeakRSSMiB, r.PeakAnonMiB, r.Processes, cpu = rss.finishCPU()
+	r.CPUMicrosPerTask = float64(cpu.Microseconds()) / float64(r.N)
+	r.ServerCPUMicrosPerTask = float64((serverCPU() - serverBefore).Microseconds()) / float64(r.N)
 	stopped = true
 	log.Debug("drained", "drain", d.Done.Sub(d.First), "since_start", time.Since(started))
 	if err := p.stop(stopSignal(c), stopGrace); err != nil {

@@ -249,10 +249,12 @@ func TestRemoteShutdownAllowed(t *testing.T) {
 // them; entries past the expiry are not loaded; the set is trimmed to max.
 func TestRedisRevoked(t *testing.T) {
 	rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379", DB: 6})
-	defer rdb.Close()
 	prefix := "revtest" + randHex(4) + ":"
 	ctx := context.Background()
-	t.Cleanup(func() { rdb.Del(ctx, prefix+RevokedKey) })
+	t.Cleanup(func() { // after the test's own defers: the client must still be open
+		rdb.Del(ctx, prefix+RevokedKey)
+		_ = rdb.Close()
+	})
 	a := NewRedisRevoked(rdb, prefix, 3, time.Hour, quiet())
 	if err := a.Add(ctx, "r1", "r2", "r3", "r4"); err != nil {
 		t.Fatal(err)
