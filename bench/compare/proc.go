@@ -140,16 +140,10 @@ func (s *rssSampler) sample() {
 
 // finish takes a last sample, stops sampling and returns the summed peak RSS in MiB, the
 // summed peak of its anonymous part (the process's own memory: heap, stacks; the rest is
-// file-backed, mostly the program's mapped binary, shared and reclaimable) and the largest
-// number of processes seen at once.
-func (s *rssSampler) finish() (mib, anonMiB float64, procs int) {
-	mib, anonMiB, procs, _ = s.finishCPU()
-	return mib, anonMiB, procs
-}
-
-// finishCPU is finish that also returns the CPU time (user + system) the process tree
-// had used by the last sample.
-func (s *rssSampler) finishCPU() (mib, anonMiB float64, procs int, cpu time.Duration) {
+// file-backed, mostly the program's mapped binary, shared and reclaimable), the largest
+// number of processes seen at once and the CPU time (user + system) the process tree had
+// used by the last sample.
+func (s *rssSampler) finish() (mib, anonMiB float64, procs int, cpu time.Duration) {
 	s.sample()
 	close(s.stop)
 	s.wg.Wait()

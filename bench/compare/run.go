@@ -512,7 +512,7 @@ func (b *bench) measure(ctx context.Context, c contender, r *runResult) (err err
 		return fmt.Errorf("%s exited before draining the queue: %v", c.Name, p.err)
 	}
 	var cpu time.Duration
-	r.PeakRSSMiB, r.PeakAnonMiB, r.Processes, cpu = rss.finishCPU()
+	r.PeakRSSMiB, r.PeakAnonMiB, r.Processes, cpu = rss.finish()
 	r.CPUMicrosPerTask = float64(cpu.Microseconds()) / float64(r.N)
 	r.ServerCPUMicrosPerTask = float64((serverCPU() - serverBefore).Microseconds()) / float64(r.N)
 	stopped = true

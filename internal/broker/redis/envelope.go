@@ -45,6 +45,28 @@ func encodeEnvelope(m *protocol.Message, exchange, routingKey, tag string) ([]by
 	if m == nil {
 		return nil, errors.New("nil message")
 	}
+	// The body is spliced in, base64 straight into the output: encoding/json would scan
+	// every byte of it for escapes (base64 needs none), and event batches and dead letters
+	// can be hundreds of KiB.
+	rest, err := marshal(envelopeOf(m, exchange, routingKey, tag))
+	if err != nil {
+		return nil, err
+	}
+	const open = `{"body":""`
+	if !bytes.HasPrefix(rest, []byte(open)) {
+		return nil, fmt.Errorf("envelope encoding starts with %.20q", rest)
+	}
+	rest = rest[len(open):]
+	out := make([]byte, 0, len(open)+base64.StdEncoding.EncodedLen(len(m.Body))+len(rest))
+	out = append(out, open[:len(open)-1]...)
+	out = base64.StdEncoding.AppendEncode(out, m.Body)
+	out = append(out, '"')
+	return append(out, rest...), nil
+}
+
+// envelopeOf is the envelope of m without its body: headers never null, delivery mode 2
+// unless set, body encoding base64.
+func envelopeOf(m *protocol.Message, exchange, routingKey, tag string) outEnvelope {
 	headers := m.Headers
 	if headers == nil {
 		headers = map[string]any{}
@@ -53,10 +75,7 @@ func encodeEnvelope(m *protocol.Message, exchange, routingKey, tag string) ([]by
 	if mode == 0 {
 		mode = 2
 	}
-	env := outEnvelope{
-		// Body is spliced in below, base64 straight into the output: encoding/json would
-		// scan every byte of it for escapes (base64 needs none), and event batches and
-		// dead letters can be hundreds of KiB.
+	return outEnvelope{
 		ContentEncoding: optString(m.ContentEncoding),
 		ContentType:     optString(m.ContentType),
 		Headers:         headers,
@@ -71,20 +90,6 @@ func encodeEnvelope(m *protocol.Message, exchange, routingKey, tag string) ([]by
 			DeliveryTag:   tag,
 		},
 	}
-	rest, err := marshal(env)
-	if err != nil {
-		return nil, err
-	}
-	const open = `{"body":""`
-	if !bytes.HasPrefix(rest, []byte(open)) {
-		return nil, fmt.Errorf("envelope encoding starts with %.20q", rest)
-	}
-	rest = rest[len(open):]
-	out := make([]byte, 0, len(open)+base64.StdEncoding.EncodedLen(len(m.Body))+len(rest))
-	out = append(out, open[:len(open)-1]...)
-	out = base64.StdEncoding.AppendEncode(out, m.Body)
-	out = append(out, '"')
-	return append(out, rest...), nil
 }
 
 func optString(s string) *string {

@@ -282,22 +282,9 @@ func TestNewTag(t *testing.T) {
 // encodeEnvelope must produce exactly these bytes.
 func plainEnvelope(t testing.TB, m *protocol.Message, exchange, routingKey, tag string) []byte {
 	t.Helper()
-	headers := m.Headers
-	if headers == nil {
-		headers = map[string]any{}
-	}
-	mode := m.Properties.DeliveryMode
-	if mode == 0 {
-		mode = 2
-	}
-	out, err := marshal(outEnvelope{
-		Body: base64.StdEncoding.EncodeToString(m.Body), ContentEncoding: optString(m.ContentEncoding),
-		ContentType: optString(m.ContentType), Headers: headers,
-		Properties: outProperties{CorrelationID: m.Properties.CorrelationID, ReplyTo: m.Properties.ReplyTo,
-			DeliveryMode: mode, Expiration: m.Properties.Expiration,
-			DeliveryInfo: outDeliveryInfo{Exchange: exchange, RoutingKey: routingKey},
-			Priority:     m.Properties.Priority, BodyEncoding: "base64", DeliveryTag: tag},
-	})
+	env := envelopeOf(m, exchange, routingKey, tag)
+	env.Body = base64.StdEncoding.EncodeToString(m.Body)
+	out, err := marshal(env)
 	if err != nil {
 		t.Fatal(err)
 	}
