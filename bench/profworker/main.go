@@ -2,7 +2,7 @@
 // `go run ./bench/compare --profile DIR`: it runs the unchanged workercli.Main and writes,
 // into $FLEET_BENCH_PROFILE_DIR, cpu.pprof (the whole run), allocs.pprof (at exit) and
 // heap.pprof (taken when the live heap was largest, with peak.txt: heap, stacks and
-// goroutines at that moment). Read them with `go tool pprof -top cpu.pprof` (the
+// goroutines at that moment, and goroutines.txt: their stacks, grouped). Read them with `go tool pprof -top cpu.pprof` (the
 // binary's symbols are in the profile).
 package main
 
@@ -95,6 +95,10 @@ func watchPeak(dir string) (stop func()) {
 			peak = heap
 			if f, err := os.Create(filepath.Join(dir, "heap.pprof")); err == nil {
 				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				_ = f.Close()
+			}
+			if f, err := os.Create(filepath.Join(dir, "goroutines.txt")); err == nil {
+				_ = pprof.Lookup("goroutine").WriteTo(f, 1)
 				_ = f.Close()
 			}
 			_ = os.WriteFile(filepath.Join(dir, "peak.txt"), fmt.Appendf(nil,

@@ -58,6 +58,11 @@ func OpenRedis(ctx context.Context, rawURL string, o Options) (*RedisBackend, er
 	if err != nil {
 		return nil, fmt.Errorf("result: redis backend %s: %w", redactURL(rawURL), err)
 	}
+	// go-redis gives each connection 32 KiB read and write buffers, and each connection of
+	// its pipeline pool 128 KiB ones: several MiB for a busy worker, whose result writes
+	// (a few hundred bytes each, batched) need far less.
+	opts.ReadBufferSize, opts.WriteBufferSize = 16<<10, 16<<10
+	opts.PipelineReadBufferSize, opts.PipelineWriteBufferSize = 32<<10, 32<<10
 	client := redis.NewClient(opts)
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()

@@ -30,10 +30,11 @@ const (
 // endedGrace is how long a task's span context stays known after its span ended, for the
 // publishes and log lines that follow the outcome (result, dead letter, ack); maxEnded
 // bounds how many are kept, so that memory does not grow with the task rate (those
-// publishes and lines come right after the outcome, on the task's own goroutine).
+// publishes and lines come right after the outcome, on the task's own goroutine, and a
+// worker records at most 512 outcomes at once).
 const (
 	endedGrace = 30 * time.Second
-	maxEnded   = 4096
+	maxEnded   = 1024
 )
 
 // Tracker owns the consumer span of every task in the worker. Its Middleware starts the

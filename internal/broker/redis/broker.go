@@ -119,10 +119,26 @@ func (b *Broker) ConsumerAlive() time.Time {
 type lease struct {
 	tag      string
 	queue    string
-	record   []byte // the exact `unacked` value written for it
 	envelope []byte // the envelope as popped
-	priority int
-	settling bool // guarded by Broker.mu
+	// record is the exact `unacked` value written for it; when it is nil, that value is
+	// '[' envelope ',' recordTail ']' (see fetchScript), built only when it is needed.
+	record     []byte
+	recordTail []byte
+	priority   int
+	settling   bool // guarded by Broker.mu
+}
+
+// unackedRecord is the exact `unacked` value written for the lease.
+func (l *lease) unackedRecord() []byte {
+	if l.record != nil {
+		return l.record
+	}
+	rec := make([]byte, 0, len(l.envelope)+len(l.recordTail)+3)
+	rec = append(rec, '[')
+	rec = append(rec, l.envelope...)
+	rec = append(rec, ',')
+	rec = append(rec, l.recordTail...)
+	return append(rec, ']')
 }
 
 // New parses o.URL, connects and pings the server.
@@ -161,6 +177,11 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	// go-redis gives each connection 32 KiB read and write buffers, and each connection of
+	// its pipeline pool 128 KiB ones: several MiB for a busy worker. A fetch reply larger
+	// than the buffer is read in more calls, which costs far less than the memory.
+	ro.ReadBufferSize, ro.WriteBufferSize = 16<<10, 16<<10
+	ro.PipelineReadBufferSize, ro.PipelineWriteBufferSize = 32<<10, 32<<10
 	client := goredis.NewClient(ro)
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
@@ -519,7 +540,7 @@ func (b *Broker) fetch(ctx context.Context, rr *roundRobin, n int) (deliveries [
 		i, ok1 := v[0].(int64)
 		item, ok2 := v[1].(string)
 		tag, ok3 := v[2].(string)
-		rec, ok4 := v[3].(string)
+		ret, ok4 := v[3].(string)
 		raw, ok5 := v[4].(int64)
 		if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || i < 1 || int(i) > len(order) {
 			// Leased by the script but unreadable here: a sweep restores it.
@@ -531,7 +552,7 @@ func (b *Broker) fetch(ctx context.Context, rr *roundRobin, n int) (deliveries [
 		rr.rotate(queue)
 		var d *broker.Delivery
 		if raw == 0 {
-			d = b.adopt(ctx, queue, []byte(item), tag, []byte(rec))
+			d = b.adopt(ctx, queue, []byte(item), tag, []byte(ret))
 		} else {
 			d = b.adoptRaw(ctx, queue, []byte(item), tag)
 		}
@@ -544,13 +565,14 @@ func (b *Broker) fetch(ctx context.Context, rr *roundRobin, n int) (deliveries [
 	return deliveries, skipped, nil
 }
 
-// adopt turns an envelope whose lease the fetch script recorded into a Delivery.
-func (b *Broker) adopt(ctx context.Context, queue string, item []byte, tag string, rec []byte) *broker.Delivery {
+// adopt turns an envelope whose lease the fetch script recorded into a Delivery; tail is
+// the record's tail the script returned.
+func (b *Broker) adopt(ctx context.Context, queue string, item []byte, tag string, tail []byte) *broker.Delivery {
 	env, err := decodeEnvelope(item)
 	if err != nil {
 		return b.adoptInvalid(ctx, queue, item, tag, err)
 	}
-	return b.hold(queue, item, tag, rec, env)
+	return b.hold(&lease{tag: tag, queue: queue, envelope: item, recordTail: tail, priority: env.priority}, env)
 }
 
 // adoptRaw turns an element the fetch script could not read into a Delivery. The script
@@ -577,7 +599,7 @@ func (b *Broker) adoptRaw(ctx context.Context, queue string, item []byte, tag st
 			"queue", queue, "tag", tag, "err", err)
 		return nil
 	}
-	return b.hold(queue, tagged, tag, rec, env)
+	return b.hold(&lease{tag: tag, queue: queue, envelope: tagged, record: rec, priority: env.priority}, env)
 }
 
 // recordLease writes the lease (kombu QoS.append), retrying with backoff for a while.
@@ -601,13 +623,12 @@ func (b *Broker) recordLease(ctx context.Context, tag string, rec []byte) error 
 	}
 }
 
-func (b *Broker) hold(queue string, item []byte, tag string, rec []byte, env *inEnvelope) *broker.Delivery {
-	l := &lease{tag: tag, queue: queue, record: rec, envelope: item, priority: env.priority}
+func (b *Broker) hold(l *lease, env *inEnvelope) *broker.Delivery {
 	b.mu.Lock()
 	b.held[l] = struct{}{}
 	b.mu.Unlock()
 	return &broker.Delivery{
-		Queue:       queue,
+		Queue:       l.queue,
 		Exchange:    env.exchange,
 		RoutingKey:  env.routingKey,
 		Redelivered: env.redelivered,
@@ -745,7 +766,7 @@ func (b *Broker) restoreOwn(ctx context.Context, l *lease) error {
 		return fmt.Errorf("mark redelivered: %w", err)
 	}
 	keys := []string{b.keys.unacked(), b.keys.unackedIndex(), b.keys.listFor(l.queue, l.priority)}
-	n, err := restoreScript.Run(ctx, b.client, keys, l.tag, l.record, env, "").Int()
+	n, err := restoreScript.Run(ctx, b.client, keys, l.tag, l.unackedRecord(), env, "").Int()
 	if err != nil {
 		return err
 	}
@@ -782,7 +803,7 @@ func (b *Broker) deadLetter(ctx context.Context, l *lease, dlq string, m *protoc
 	}
 	keys := []string{b.keys.unacked(), b.keys.unackedIndex(),
 		b.keys.listFor(dlq, int(m.Properties.Priority)), b.keys.binding(dlq)}
-	n, err := deadLetterScript.Run(ctx, b.client, keys, l.tag, l.record, env, bindingMember(dlq, "", dlq)).Int()
+	n, err := deadLetterScript.Run(ctx, b.client, keys, l.tag, l.unackedRecord(), env, bindingMember(dlq, "", dlq)).Int()
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,8 @@ func (b *Broker) adoptInvalid(ctx context.Context, queue string, item []byte, ta
 		var rec []byte
 		if rec, err = makeRecord(wrapped, "", queue); err == nil {
 			if err = b.recordLease(ctx, tag, rec); err == nil {
-				return b.hold(queue, wrapped, tag, rec, &inEnvelope{msg: msg, tag: tag, routingKey: queue})
+				return b.hold(&lease{tag: tag, queue: queue, envelope: wrapped, record: rec},
+					&inEnvelope{msg: msg, tag: tag, routingKey: queue})
 			}
 		}
 	}

@@ -16,10 +16,13 @@ import goredis "github.com/redis/go-redis/v9"
 //
 // Returns a flat array, five values per element popped: q, element, tag, record, raw. q is
 // the 1-based position of the element's queue in the order passed in. raw is 0 when the
-// element is a kombu envelope with a delivery_tag (record is kombu's [envelope, exchange,
-// routing_key]), 1 when Lua could not read one: the lease is then under ARGV[3] and its
-// record holds the element as a JSON string routed to its queue, until the caller
-// replaces it. At most one element per call is leased under the fresh tag: the call ends
+// element is a kombu envelope with a delivery_tag: the lease's record is kombu's
+// [envelope, exchange, routing_key], and what is returned of it is only its tail, the
+// JSON-encoded `exchange,routing_key` (the record is '[' element ',' tail ']', rebuilt by
+// the caller when it needs it, so that a prefetched message is not held twice). raw is 1
+// when Lua could not read one: the lease is then under ARGV[3] and the whole record,
+// returned as is, holds the element as a JSON string routed to its queue, until the
+// caller replaces it. At most one element per call is leased under the fresh tag: the call ends
 // after it.
 var fetchScript = goredis.NewScript(`
 local nq = tonumber(ARGV[4])
@@ -47,7 +50,7 @@ while n < want and fresh do
     if item then break end
   end
   if not item then break end
-  local tag, rec, raw = nil, nil, 0
+  local tag, rec, ret, raw = nil, nil, nil, 0
   local ok, env = pcall(cjson.decode, item)
   if ok and type(env) == 'table' and type(env.properties) == 'table' then
     local pr = env.properties
@@ -59,19 +62,21 @@ while n < want and fresh do
         if type(di.exchange) == 'string' then ex = di.exchange end
         if type(di.routing_key) == 'string' then rk = di.routing_key end
       end
-      rec = '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+      ret = cjson.encode(ex) .. ',' .. cjson.encode(rk)
+      rec = '[' .. item .. ',' .. ret .. ']'
     end
   end
   if not tag then
     tag, raw, fresh = fresh, 1, nil
     rec = '[' .. cjson.encode(item) .. ',"",' .. cjson.encode(ARGV[4 + q]) .. ']'
+    ret = rec
   end
   redis.call('ZADD', KEYS[2], ARGV[1], tag)
   redis.call('HSET', KEYS[1], tag, rec)
   out[#out + 1] = q
   out[#out + 1] = item
   out[#out + 1] = tag
-  out[#out + 1] = rec
+  out[#out + 1] = ret
   out[#out + 1] = raw
   n = n + 1
 end
