@@ -2,7 +2,7 @@
 // `go run ./bench/compare --profile DIR`: it runs the unchanged workercli.Main and writes,
 // into $FLEET_BENCH_PROFILE_DIR, cpu.pprof (the whole run), allocs.pprof (at exit) and
 // heap.pprof (taken when the live heap was largest, with peak.txt: heap, stacks and
-// goroutines at that moment, and goroutines.txt: their stacks, grouped). Read them with `go tool pprof -top cpu.pprof` (the
+// goroutines at that moment and every /memory/classes/ metric, and goroutines.txt: their stacks, grouped). Read them with `go tool pprof -top cpu.pprof` (the
 // binary's symbols are in the profile).
 package main
 
@@ -74,6 +74,12 @@ func watchPeak(dir string) (stop func()) {
 		{Name: "/memory/classes/total:bytes"},
 		{Name: "/sched/goroutines:goroutines"},
 	}
+	var classes []metrics.Sample // every /memory/classes/ metric, for peak.txt
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") {
+			classes = append(classes, metrics.Sample{Name: d.Name})
+		}
+	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -101,10 +107,15 @@ func watchPeak(dir string) (stop func()) {
 				_ = pprof.Lookup("goroutine").WriteTo(f, 1)
 				_ = f.Close()
 			}
-			_ = os.WriteFile(filepath.Join(dir, "peak.txt"), fmt.Appendf(nil,
+			out := fmt.Appendf(nil,
 				"heap objects %.1f MiB, stacks %.1f MiB, runtime total %.1f MiB, goroutines %d\n",
 				float64(heap)/(1<<20), float64(samples[1].Value.Uint64())/(1<<20),
-				float64(samples[2].Value.Uint64())/(1<<20), samples[3].Value.Uint64()), 0o644)
+				float64(samples[2].Value.Uint64())/(1<<20), samples[3].Value.Uint64())
+			metrics.Read(classes)
+			for _, c := range classes {
+				out = fmt.Appendf(out, "%-45s %6.2f MiB\n", c.Name, float64(c.Value.Uint64())/(1<<20))
+			}
+			_ = os.WriteFile(filepath.Join(dir, "peak.txt"), out, 0o644)
 		}
 	}()
 	return func() {
