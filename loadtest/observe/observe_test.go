@@ -97,7 +97,9 @@ func TestScrape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vals["process_cpu_seconds_total"] <= 0 || vals["process_resident_memory_bytes"] <= 0 {
+	// The CPU time is counted in clock ticks (10 ms): a test process that has just started
+	// can show 0, so only its presence is checked.
+	if _, ok := vals["process_cpu_seconds_total"]; !ok || vals["process_resident_memory_bytes"] <= 0 {
 		t.Fatalf("process metrics missing: %v", vals)
 	}
 	if vals["fleet_tasks_active"] != 5 {
