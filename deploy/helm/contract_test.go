@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"denis.io/fleet/internal/fleetctl"
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // TestChartContractWithRealBinaries runs what the rendered chart runs, with the environment
@@ -110,6 +111,7 @@ func TestChartContractWithRealBinaries(t *testing.T) {
 	t.Cleanup(func() {
 		_ = w.Process.Signal(os.Interrupt)
 		<-exited
+		redisclean.ForgetNode(redisclean.ExpandHost("crews@%h"), liveRedis) // the chart's FLEET_HOSTNAME
 		if t.Failed() {
 			t.Logf("worker log:\n%s", logs.String())
 		}

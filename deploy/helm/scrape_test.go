@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // liveRedis is the Redis DB the live scrape uses (other packages' tests use 0-8).
@@ -46,8 +48,9 @@ func TestDashboardAgainstLiveScrape(t *testing.T) {
 	}
 	queue := "helmdash" + hex.EncodeToString(suffix)
 	var logs bytes.Buffer
-	w := exec.CommandContext(ctx, bin, "-b", liveRedis, "--result-backend", liveRedis, "-Q", queue,
-		"-c", "2", "--metrics-addr", addr, "--log-format", "text")
+	args := []string{"-b", liveRedis, "--result-backend", liveRedis, "-Q", queue, "-n", queue + "@%h",
+		"-c", "2", "--metrics-addr", addr, "--log-format", "text"}
+	w := exec.CommandContext(ctx, bin, args...)
 	w.Stdout, w.Stderr = &logs, &logs
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
@@ -56,6 +59,7 @@ func TestDashboardAgainstLiveScrape(t *testing.T) {
 		_ = w.Process.Signal(os.Interrupt)
 		_ = w.Wait()
 		cleanupRedis(queue)
+		redisclean.ForgetWorker(args)
 		if t.Failed() {
 			t.Logf("worker log:\n%s", logs.String())
 		}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // testBinDir holds the binaries the tests build (created and removed by TestMain).
@@ -80,6 +82,7 @@ func startWorker(t *testing.T, brokerURL, backend, queue string, extra ...string
 			_ = w.Process.Kill()
 			<-rw.exited
 		}
+		redisclean.ForgetWorker(args)
 		if t.Failed() {
 			t.Logf("worker log:\n%s", logs.String())
 		}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 const (
@@ -98,6 +100,7 @@ func startWorker(t *testing.T, args ...string) *workerProc {
 	}()
 	t.Cleanup(func() {
 		p.stop(syscall.SIGKILL)
+		redisclean.ForgetWorker(args)
 		if t.Failed() {
 			p.mu.Lock()
 			t.Logf("worker %s log:\n%s", strings.Join(args, " "), lastLines(p.raw.String(), 60))

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"denis.io/fleet/internal/testutil/tcpproxy"
+
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // backends are the result backends Python reads results from.
@@ -203,12 +205,19 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
-// pyWorker is a Python Celery worker running py/diagapp.py.
-type pyWorker struct{ proc *os.Process }
+// pyWorker is a Python Celery worker running one of the apps in py/, as node, with its
+// broker at brokerURL.
+type pyWorker struct {
+	proc      *os.Process
+	node      string
+	brokerURL string
+}
 
+// kill stops the worker and removes the pidbox binding it leaves in a Redis broker.
 func (p *pyWorker) kill() {
 	_ = syscall.Kill(-p.proc.Pid, syscall.SIGKILL)
 	_, _ = p.proc.Wait()
+	redisclean.ForgetNode(p.node, p.brokerURL)
 }
 
 func startPythonWorker(t *testing.T, brokerURL, backend, queue string, visibility int) *pyWorker {
@@ -227,7 +236,7 @@ func startPythonWorker(t *testing.T, brokerURL, backend, queue string, visibilit
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pyWorker{proc: proc}
+	p := &pyWorker{proc: proc, node: redisclean.ExpandHost("py-" + queue + "@%h"), brokerURL: brokerURL}
 	t.Cleanup(p.kill)
 	return p
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // The task-semantics tests: every apply_async option and canvas form a Python user relies
@@ -230,7 +232,7 @@ func startSemPythonWorker(t *testing.T, brokerURL, backend, queue string, visibi
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pyWorker{proc: proc}
+	p := &pyWorker{proc: proc, node: redisclean.ExpandHost("py-" + queue + "@%h"), brokerURL: brokerURL}
 	t.Cleanup(p.kill)
 	return p
 }

@@ -199,7 +199,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 		<-e.stopped
 		_ = b.Close()
 		_ = rb.Close()
-		keys := []string{q, q + "\x06\x163", q + "\x06\x166", q + "\x06\x169", q + ".dlq", "_kombu.binding." + q}
+		keys := []string{q, q + "\x06\x163", q + "\x06\x166", q + "\x06\x169", q + ".dlq", "_kombu.binding." + q, "_kombu.binding." + q + ".dlq"}
 		c.Del(context.Background(), keys...)
 		_ = c.Close()
 	})

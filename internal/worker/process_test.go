@@ -26,6 +26,7 @@ import (
 	"denis.io/fleet/internal/protocol"
 	"denis.io/fleet/internal/result"
 	"denis.io/fleet/internal/tasks"
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // The tests of this file run the worker binary (cmd/worker), built once, as separate
@@ -110,49 +111,10 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 		if t.Failed() {
 			t.Logf("worker %v log:\n%s", args, p.tail(40))
 		}
-		forgetWorker(args)
+		redisclean.ForgetWorker(args)
 	})
 	p.waitLog(t, "worker ready", 30*time.Second)
 	return p
-}
-
-// forgetWorker removes what a worker process started with args leaves in the Redis
-// servers it used when it is killed (it cannot clean up itself then): its worker_seen
-// record and index entry, and the pidbox binding kombu keeps for its node.
-func forgetWorker(args []string) {
-	var host string
-	var urls []string
-	for i := 0; i+1 < len(args); i++ {
-		switch args[i] {
-		case "-n", "--hostname":
-			h, _ := os.Hostname()
-			host = strings.ReplaceAll(args[i+1], "%h", h)
-		case "-b", "--broker", "--result-backend":
-			if strings.HasPrefix(args[i+1], "redis://") {
-				urls = append(urls, args[i+1])
-			}
-		}
-	}
-	if host == "" {
-		return
-	}
-	ctx := context.Background()
-	for _, u := range urls {
-		opts, err := goredis.ParseURL(u)
-		if err != nil {
-			continue
-		}
-		c := goredis.NewClient(opts)
-		c.ZRem(ctx, "fleet:workers", host) // events.SeenIndexKey (events imports this package)
-		c.Del(ctx, "fleet:worker:"+host)   // events.SeenKeyPrefix
-		const pidbox = "_kombu.binding.celery.pidbox"
-		for _, m := range c.SMembers(ctx, pidbox).Val() {
-			if strings.HasSuffix(m, host+".celery.pidbox") {
-				c.SRem(ctx, pidbox, m)
-			}
-		}
-		_ = c.Close()
-	}
 }
 
 func (p *proc) kill() {

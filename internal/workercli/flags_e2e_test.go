@@ -29,6 +29,7 @@ import (
 	"denis.io/fleet/internal/protocol"
 	"denis.io/fleet/internal/result"
 	"denis.io/fleet/internal/tasks"
+	"denis.io/fleet/internal/testutil/redisclean"
 )
 
 // The process-level tests of the feature flags run real bin/worker and bin/fleetctl
@@ -298,6 +299,7 @@ func (e *e2eEnv) startWorker(name string, env []string, args ...string) *proc {
 	}()
 	e.t.Cleanup(func() {
 		p.stop()
+		redisclean.ForgetWorker(full)
 		if e.t.Failed() {
 			e.t.Logf("worker %s output:\n%s", p.name, lastLines(p.output(), 80))
 		}
