@@ -278,10 +278,13 @@ func TestE2EKillWorker(t *testing.T) {
 	p := schedule.Profile{Name: "steady", Segments: []schedule.Segment{{Duration: 8 * time.Second, From: 10, To: 10}}}
 	cfg := testConfig(t, fmt.Sprintf("redis://127.0.0.1:%d/0", port), queue, `
 tasks:
-  - {name: crew, kind: crew, task: diag.sleep, weight: 1, args: [{$uniform: {min: 0.5, max: 1.5}}]}
+  - {name: crew, kind: crew, task: diag.sleep, weight: 1, args: [{$uniform: {min: 1.0, max: 2.0}}]}
 `, p)
 	cfg.VisibilityTimeout = 2 * time.Second
-	cfg.KillEvery = 4 * time.Second
+	// About five tasks run on each worker at any moment and two are killed (at 3 s and 6 s),
+	// so that a kill finds none running (no duplicate to count) is very unlikely even on a
+	// loaded machine; with 0.5-1.5 s tasks and one kill it happened.
+	cfg.KillEvery = 3 * time.Second
 	cfg.RestartKilled = true
 	cfg.RestartDelay = 500 * time.Millisecond
 	cfg.LocalWorkers = 3
