@@ -45,11 +45,16 @@ stop() {
 	done
 }
 
+# free_port: a port nobody listens on, below the kernel's ephemeral range (where the
+# outgoing connections of the tests running beside this one take their ports: a port
+# picked there can be taken before etcd or the apiserver binds it).
 free_port() {
-	local p
+	local p lo
+	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+	[ "$lo" -gt 21000 ] || lo=50000
 	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 30000))
-		if ! ss -Hltn "sport = :$p" | grep -q .; then
+		p=$((20000 + RANDOM % (lo - 20000)))
+		if ! ss -Hltan "sport = :$p" | grep -q .; then
 			echo "$p"
 			return
 		fi
@@ -153,8 +158,11 @@ EOF
 	t0=$(date +%s%N)
 	until api GET /readyz >/dev/null 2>&1; do
 		if ! kill -0 "$(cat "$D/apiserver.pid")" 2>/dev/null || [ $((($(date +%s%N) - t0) / 1000000000)) -ge 90 ]; then
-			log "kube-apiserver not ready; see $D/apiserver.log"
+			log "kube-apiserver not ready; see $D/apiserver.log and $D/etcd.log"
 			tail -20 "$D/apiserver.log" >&2 || true
+			# A port taken by someone else shows in etcd's log only ("address already in
+			# use"); the caller starts again on new ports when it reads that.
+			tail -5 "$D/etcd.log" >&2 || true
 			stop
 			exit 1
 		fi
