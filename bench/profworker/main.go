@@ -1,9 +1,10 @@
 // Command profworker is bin/worker with profiling wrapped around it, for
 // `go run ./bench/compare --profile DIR`: it runs the unchanged workercli.Main and writes,
 // into $FLEET_BENCH_PROFILE_DIR, cpu.pprof (the whole run), allocs.pprof (at exit) and
-// heap.pprof (taken when the live heap was largest, with peak.txt: heap, stacks and
-// goroutines at that moment and every /memory/classes/ metric, and goroutines.txt: their stacks, grouped). Read them with `go tool pprof -top cpu.pprof` (the
-// binary's symbols are in the profile).
+// heap.pprof (taken when the live heap was largest, with peak.txt: heap, stacks,
+// goroutines and every /memory/classes/ metric at that moment, and goroutines.txt: their
+// stacks, grouped). Read them with `go tool pprof -top cpu.pprof` (the binary's symbols
+// are in the profile).
 package main
 
 import (

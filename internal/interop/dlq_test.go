@@ -154,19 +154,7 @@ func (d *dlqBroker) queue(t *testing.T, prefix string) string {
 			more, _ := c.Keys(ctx, "fleet:metrics:queue:"+q+"*").Result()
 			keys = append(append(keys, more...), "_kombu.binding."+q, "_kombu.binding."+q+".dlq")
 			c.Del(ctx, keys...)
-			// What the test's workers registered (named after the queue).
-			pidbox, _ := c.SMembers(ctx, "_kombu.binding.celery.pidbox").Result()
-			for _, m := range pidbox {
-				if strings.Contains(m, q) {
-					c.SRem(ctx, "_kombu.binding.celery.pidbox", m)
-				}
-			}
-			workers, _ := c.ZRange(ctx, "fleet:workers", 0, -1).Result()
-			for _, m := range workers {
-				if strings.Contains(m, q) {
-					c.ZRem(ctx, "fleet:workers", m)
-				}
-			}
+			// The workers' pidbox bindings and worker_seen entries: startWorker's cleanup.
 		} else {
 			amqpFixture().cleanup(q, q+".dlq")
 		}
@@ -455,7 +443,7 @@ func startDLQPythonWorker(t *testing.T, queue string) *pyWorker {
 	}
 	proc, err := os.StartProcess("/usr/bin/python3", []string{"python3", "-m", "celery", "-A", "dlq", "worker",
 		"-Q", queue, "-c", "1", "-P", "solo", "--without-mingle", "--without-gossip", "-l", "WARNING",
-		"-n", "py-" + queue + "@%h"}, attr)
+		"-n", pyNode(queue)}, attr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"denis.io/fleet/internal/testutil/tcpproxy"
-
 	"denis.io/fleet/internal/testutil/redisclean"
+	"denis.io/fleet/internal/testutil/tcpproxy"
 )
 
 // backends are the result backends Python reads results from.
@@ -213,6 +212,9 @@ type pyWorker struct {
 	brokerURL string
 }
 
+// pyNode is the node name (-n) of the Python worker consuming queue.
+func pyNode(queue string) string { return "py-" + queue + "@%h" }
+
 // kill stops the worker and removes the pidbox binding it leaves in a Redis broker.
 func (p *pyWorker) kill() {
 	_ = syscall.Kill(-p.proc.Pid, syscall.SIGKILL)
@@ -232,11 +234,11 @@ func startPythonWorker(t *testing.T, brokerURL, backend, queue string, visibilit
 	}
 	proc, err := os.StartProcess("/usr/bin/python3", []string{"python3", "-m", "celery", "-A", "diagapp", "worker",
 		"-Q", queue, "-c", "2", "-P", "prefork", "--without-mingle", "--without-gossip", "-l", "WARNING",
-		"-n", "py-" + queue + "@%h"}, attr)
+		"-n", pyNode(queue)}, attr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pyWorker{proc: proc, node: redisclean.ExpandHost("py-" + queue + "@%h"), brokerURL: brokerURL}
+	p := &pyWorker{proc: proc, node: redisclean.ExpandHost(pyNode(queue)), brokerURL: brokerURL}
 	t.Cleanup(p.kill)
 	return p
 }

@@ -228,11 +228,11 @@ func startSemPythonWorker(t *testing.T, brokerURL, backend, queue string, visibi
 	}
 	proc, err := os.StartProcess("/usr/bin/python3", []string{"python3", "-m", "celery", "-A", "semapp", "worker",
 		"-Q", queue, "-c", "2", "-P", "prefork", "--without-mingle", "--without-gossip", "-l", "WARNING",
-		"-n", "py-" + queue + "@%h"}, attr)
+		"-n", pyNode(queue)}, attr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pyWorker{proc: proc, node: redisclean.ExpandHost("py-" + queue + "@%h"), brokerURL: brokerURL}
+	p := &pyWorker{proc: proc, node: redisclean.ExpandHost(pyNode(queue)), brokerURL: brokerURL}
 	t.Cleanup(p.kill)
 	return p
 }

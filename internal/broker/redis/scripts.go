@@ -22,8 +22,8 @@ import goredis "github.com/redis/go-redis/v9"
 // the caller when it needs it, so that a prefetched message is not held twice). raw is 1
 // when Lua could not read one: the lease is then under ARGV[3] and the whole record,
 // returned as is, holds the element as a JSON string routed to its queue, until the
-// caller replaces it. At most one element per call is leased under the fresh tag: the call ends
-// after it.
+// caller replaces it. At most one element per call is leased under the fresh tag: the
+// call ends after it.
 var fetchScript = goredis.NewScript(`
 local nq = tonumber(ARGV[4])
 local want = tonumber(ARGV[2])
